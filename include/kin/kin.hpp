@@ -1,0 +1,8 @@
+// Every public kin header (fmt formatters excepted: include <kin/fmt.hpp> for those).
+#pragma once
+
+#include <kin/fd.hpp>
+#include <kin/loop.hpp>
+#include <kin/result.hpp>
+#include <kin/signal.hpp>
+#include <kin/version.hpp>

@@ -1,0 +1,112 @@
+// The state behind kin::loop: the backend, io watcher slots, the timer heap, posted functions,
+// handle accounting and the loop's signal sink. Shared by every platform.
+#pragma once
+
+#include <kin/loop.hpp>
+#include <kin/signal.hpp>
+
+#include "loop_backend.hpp"
+#include "timer_heap.hpp"
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace kin::detail {
+
+class signal_sink;
+struct signal_sink_deleter {
+  void operator()(signal_sink* sink) const noexcept;
+};
+
+enum class run_mode { until_done, once, nowait };
+
+class loop_impl {
+ public:
+  explicit loop_impl(backend b) noexcept : backend_(std::move(b)) { update_time(); }
+  loop_impl(const loop_impl&) = delete;
+  loop_impl& operator=(const loop_impl&) = delete;
+  ~loop_impl();
+
+  bool run(run_mode mode);
+  void stop() noexcept {
+    stop_requested_.store(true, std::memory_order_release);
+    backend_.wakeup();
+  }
+  void post(std::function<void()> fn);
+  [[nodiscard]] bool is_alive() const noexcept {
+    return active_refs_ != 0 || holds_.load(std::memory_order_acquire) != 0 ||
+           posts_pending_.load(std::memory_order_acquire);
+  }
+  void update_time() noexcept;
+  [[nodiscard]] std::uint64_t now_ns() const noexcept { return now_ns_; }
+
+  // Handle accounting (handle's constructor, destructor, set_active, ref, unref).
+  void attach() noexcept { ++attached_; }
+  void detach() noexcept { --attached_; }
+  void add_active_ref(std::ptrdiff_t delta) noexcept {
+    active_refs_ = static_cast<std::size_t>(static_cast<std::ptrdiff_t>(active_refs_) + delta);
+  }
+  void hold() noexcept { holds_.fetch_add(1, std::memory_order_relaxed); }
+  void release_hold() noexcept {
+    if (holds_.fetch_sub(1, std::memory_order_acq_rel) == 1) backend_.wakeup();
+  }
+
+  // Watchers.
+  result<void> io_start(io_watcher& w, io_events interest) noexcept;
+  void io_stop(io_watcher& w) noexcept;
+  void timer_start(timer& t, std::uint64_t timeout_ns, std::uint64_t repeat_ns) noexcept;
+  void timer_stop(timer& t) noexcept;
+  result<void> signal_start(signal_watcher& w, int signo) noexcept;
+  void signal_stop(signal_watcher& w) noexcept;
+
+  // Called by the backend from poll().
+  void dispatch_io(std::uint64_t token, io_events events) noexcept;
+  void on_wakeup() noexcept {}
+  void dispatch_signals() noexcept;
+
+  backend& poller() noexcept { return backend_; }
+
+ private:
+  struct io_slot {
+    io_watcher* watcher;
+    std::uint32_t generation;
+  };
+
+  std::uint32_t claim_slot(io_watcher& w);
+  void release_slot(std::uint32_t index) noexcept;
+  std::uint64_t token_of(std::uint32_t index) const noexcept {
+    return (std::uint64_t{slots_[index].generation} << 32) | index;
+  }
+  int poll_timeout(run_mode mode) const noexcept;
+  void run_timers() noexcept;
+  void run_posted() noexcept;
+
+  backend backend_;
+  std::uint64_t now_ns_ = 0;
+  bool running_ = false;
+  std::atomic<bool> stop_requested_{false};
+
+  std::size_t attached_ = 0;     // handles constructed on this loop and not destroyed
+  std::size_t active_refs_ = 0;  // active handles that keep the loop alive
+  std::atomic<std::size_t> holds_{0};
+
+  std::vector<io_slot> slots_;
+  std::vector<std::uint32_t> free_slots_;
+
+  timer_heap timers_;
+  std::uint64_t timer_seq_ = 0;
+
+  std::mutex post_mutex_;
+  std::vector<std::function<void()>> posted_;  // guarded by post_mutex_
+  std::vector<std::function<void()>> running_posts_;
+  std::atomic<bool> posts_pending_{false};
+
+  std::unique_ptr<signal_sink, signal_sink_deleter> signals_;
+};
+
+}  // namespace kin::detail
