@@ -39,6 +39,9 @@ constexpr bool has(io_events set, io_events bits) noexcept {
 /// Like libuv, a loop runs while it has *referenced* work: an active handle that has not been
 /// unref()'d, a function posted and not yet run, or a keep_alive token. Destroying a loop while
 /// handles are still attached to it is a bug and stops the process with a message.
+///
+/// Callbacks run on the loop's thread from inside run(). They must not throw: an exception
+/// that escapes a callback terminates the process.
 class KIN_API loop {
  public:
   /// Creates a loop; throws std::system_error if the kernel refuses (EMFILE, ENOMEM).

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   }
   const std::string_view what = argv[1];
   if (what == "list-fds") return list_fds();
+  if (what == "exit") return 0;
   if (what == "loop-destroyed-with-timer") {
     auto l = std::make_unique<kin::loop>();
     auto t = std::make_unique<kin::timer>(*l, [] {});
