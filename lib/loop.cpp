@@ -63,6 +63,9 @@ bool loop_impl::run(run_mode mode) {
     run_timers();
     if (mode != run_mode::until_done) break;
   }
+  // A stop() made during this run is answered by this return, including one made in the last
+  // iteration of run_once() or run_nowait().
+  stop_requested_.store(false, std::memory_order_release);
   running_ = false;
   return is_alive();
 }

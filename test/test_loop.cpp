@@ -408,7 +408,23 @@ TEST_CASE("a stop requested while the loop is idle makes the next run() return a
   kin::keep_alive hold(l);
   l.stop();
   CHECK(l.run());
-  hold.reset();
+  // The request was used up: the loop runs again until its work is done.
+  l.post([&] { hold.reset(); });
+  CHECK_FALSE(l.run());
+}
+
+TEST_CASE("a stop made in run_once's iteration is used up by that return", "[loop]") {
+  kin::loop l;
+  int fired = 0;
+  kin::timer t(l, [&] {
+    if (++fired == 1) l.stop();
+    if (fired == 3) t.stop();
+  });
+  REQUIRE(t.start(0ms, 1ms));
+  CHECK(l.run_once());
+  CHECK(fired == 1);
+  CHECK_FALSE(l.run());  // not ended at once by the earlier stop()
+  CHECK(fired == 3);
 }
 
 TEST_CASE("releasing the last keep_alive from another thread ends run()", "[loop]") {

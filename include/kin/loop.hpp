@@ -65,8 +65,8 @@ class KIN_API loop {
   bool run_nowait();
 
   /// Makes run() return after the current iteration. Callable from any thread, including
-  /// while the loop sleeps; a stop requested while the loop is not running applies to the
-  /// next run().
+  /// while the loop sleeps; a stop requested while the loop is not running makes the next
+  /// run(), run_once() or run_nowait() return at once. Each request ends one run.
   void stop() noexcept;
 
   /// Queues `fn` to run on the loop's thread in a later iteration, in posting order.
