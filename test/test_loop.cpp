@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 using namespace std::chrono_literals;
@@ -460,4 +461,31 @@ TEST_CASE("running a loop from inside its own callback stops the process with a 
   CHECK_FALSE(child.exited);
   CHECK(child.status == SIGABRT);
   CHECK(child.err.find("kin::loop::run called from inside a callback") != std::string::npos);
+}
+
+TEST_CASE("a loop that cannot get its descriptors reports EMFILE and leaks nothing", "[loop]") {
+  const auto before = kin_test::open_fds();
+  rlimit saved{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  REQUIRE(probe >= 0);
+  ::close(probe);
+  // Room for none, then for exactly one descriptor: the second creation step fails after the
+  // first succeeded, and the first must be closed again.
+  const int room = GENERATE(0, 1);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(probe + room);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  auto created = kin::loop::create();
+  bool threw = false;
+  try {
+    kin::loop l;
+  } catch (const std::system_error& e) {
+    threw = e.code() == std::errc::too_many_files_open;
+  }
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  REQUIRE_FALSE(created);
+  CHECK(created.error() == std::errc::too_many_files_open);
+  CHECK(threw);
+  CHECK(kin_test::open_fds() == before);
 }

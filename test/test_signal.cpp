@@ -15,6 +15,10 @@
 #include <mutex>
 #include <thread>
 
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 using namespace std::chrono_literals;
 
 namespace {
@@ -245,4 +249,27 @@ TEST_CASE("a storm of signals wakes every loop, keeps errno, and loses no wakeup
   CHECK(one.wrong == 0);
   CHECK(two.wrong == 0);
   CHECK(current_handler(SIGUSR1) == SIG_DFL);
+}
+
+TEST_CASE("a signal watcher whose self-pipe cannot be created reports EMFILE", "[signal]") {
+  kin::loop l;
+  const auto before = kin_test::open_fds();
+  rlimit saved{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  REQUIRE(probe >= 0);
+  ::close(probe);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(probe);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  kin::signal_watcher w(l, [](int) {});
+  auto r = w.start(SIGUSR1);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == std::errc::too_many_files_open);
+  CHECK_FALSE(w.is_active());
+  CHECK(kin_test::open_fds() == before);
+  // With descriptors available again the same watcher starts.
+  REQUIRE(w.start(SIGUSR1));
+  w.stop();
 }

@@ -1,12 +1,12 @@
 // The Linux poll backend: epoll (level-triggered) plus an eventfd for cross-thread wakeups.
 #include "../loop_backend.hpp"
 #include "../loop_impl.hpp"
+#include "sys_linux.hpp"
 
 #include <cerrno>
 #include <cstdint>
 
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 namespace kin::detail {
@@ -41,17 +41,17 @@ result<void> control(int epfd, int op, int fd, std::uint32_t events, std::uint64
 }  // namespace
 
 result<backend> backend::open() noexcept {
-  unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) return fail(errno_code(errno));
-  unique_fd ev(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!ev) return fail(errno_code(errno));
+  auto ep = sys::make_epoll();
+  if (!ep) return fail(ep.error());
+  auto ev = sys::make_eventfd(0, fd_mode::nonblocking);
+  if (!ev) return fail(ev.error());
   // Edge-triggered, and the counter is never read: every eventfd write is a new edge (the
   // kernel wakes pollers on each write), so a wakeup costs one write and no read. The counter
   // cannot reach its 2^64-2 limit at one increment per wakeup.
-  if (auto r = control(ep.get(), EPOLL_CTL_ADD, ev.get(), EPOLLIN | EPOLLET, wakeup_token); !r) {
+  if (auto r = control(ep->get(), EPOLL_CTL_ADD, ev->get(), EPOLLIN | EPOLLET, wakeup_token); !r) {
     return fail(r.error());
   }
-  return backend(std::move(ep), std::move(ev), unique_fd());
+  return backend(std::move(*ep), std::move(*ev), unique_fd());
 }
 
 result<void> backend::add(int fd, io_events events, std::uint64_t token) noexcept {
