@@ -18,7 +18,7 @@ void timer_heap::place(std::uint32_t i, const timer_entry& e) noexcept {
 
 void timer_heap::sift_up(std::uint32_t i, timer_entry e) noexcept {
   while (i > 0) {
-    std::uint32_t parent = (i - 1) / 2;
+    std::uint32_t parent = (i - 1) / arity;
     if (!before(e, entries_[parent])) break;
     place(i, entries_[parent]);
     i = parent;
@@ -29,9 +29,13 @@ void timer_heap::sift_up(std::uint32_t i, timer_entry e) noexcept {
 void timer_heap::sift_down(std::uint32_t i, timer_entry e) noexcept {
   const auto n = static_cast<std::uint32_t>(entries_.size());
   for (;;) {
-    std::uint32_t child = 2 * i + 1;
-    if (child >= n) break;
-    if (child + 1 < n && before(entries_[child + 1], entries_[child])) ++child;
+    const std::uint32_t first = arity * i + 1;
+    if (first >= n) break;
+    const std::uint32_t last = first + arity < n ? first + arity : n;
+    std::uint32_t child = first;
+    for (std::uint32_t c = first + 1; c < last; ++c) {
+      if (before(entries_[c], entries_[child])) child = c;
+    }
     if (!before(entries_[child], e)) break;
     place(i, entries_[child]);
     i = child;
@@ -52,7 +56,7 @@ void timer_heap::remove(std::uint32_t index) noexcept {
   entries_.pop_back();
   if (index == entries_.size()) return;  // removed the last element
   // The moved element may belong above or below the hole.
-  if (index > 0 && before(last, entries_[(index - 1) / 2])) {
+  if (index > 0 && before(last, entries_[(index - 1) / arity])) {
     sift_up(index, last);
   } else {
     sift_down(index, last);
