@@ -49,9 +49,8 @@ class phase_clock {
   }
   void end_init(run_cost& c) { c.init_cpu = lap(); }
   void end_dispatch(run_cost& c) {
-    const std::uint64_t w = wall_ns();
+    c.dispatch_wall = wall_ns() - wall_;
     c.dispatch_cpu = lap();
-    c.dispatch_wall = w - wall_;
   }
   void end_cleanup(run_cost& c) { c.cleanup_cpu = lap(); }
 
@@ -337,12 +336,21 @@ int main(int argc, char** argv) {
   long runs = 5;
   long n = 1000000;
   std::string storage_name = "optional";
+  std::string only;
   kin_bench::parse_options(
-      argc, argv, {{"--runs", &runs}, {"--timers", &n}, {"--kin-storage", nullptr, &storage_name}},
+      argc, argv,
+      {{"--runs", &runs},
+       {"--timers", &n},
+       {"--kin-storage", nullptr, &storage_name},
+       {"--only", nullptr, &only}},
       "[--runs N (5)] [--timers N (1000000)] [--kin-storage optional|unique_ptr "
-      "(vector<optional<kin::timer>> or vector<unique_ptr<kin::timer>>)]");
+      "(vector<optional<kin::timer>> or vector<unique_ptr<kin::timer>>)] "
+      "[--only kin|raw_heap|libuv (for profiling: one implementation, no BENCH lines)]");
   if (storage_name != "optional" && storage_name != "unique_ptr") {
     die("--kin-storage is optional or unique_ptr");
+  }
+  if (!only.empty() && only != "kin" && only != "raw_heap" && only != "libuv") {
+    die("--only is kin, raw_heap or libuv");
   }
   const kin_storage storage =
       storage_name == "optional" ? kin_storage::optional : kin_storage::unique_ptr;
@@ -351,12 +359,13 @@ int main(int argc, char** argv) {
                                                : "vector<unique_ptr<kin::timer>>",
               uv_version_string());
 
+  const bool all = only.empty();
   {
     // Warm-up, not reported: first-touch of the allocator's arenas and of the code.
     const auto warm = make_timeouts(std::min(n, 100000L), false);
-    (void)run_kin(warm, storage);
-    (void)run_raw_heap(warm);
-    (void)run_libuv(warm);
+    if (all || only == "kin") (void)run_kin(warm, storage);
+    if (all || only == "raw_heap") (void)run_raw_heap(warm);
+    if (all || only == "libuv") (void)run_libuv(warm);
   }
 
   for (const bool random : {false, true}) {
@@ -365,18 +374,26 @@ int main(int argc, char** argv) {
     const std::size_t count = timeouts.size();
     std::vector<double> kin_runs, raw_runs, uv_runs;
     for (int r = 1; r <= runs; ++r) {
-      const run_cost k = run_kin(timeouts, storage);
-      print_run(name, r, "kin", k, count);
-      const run_cost raw = run_raw_heap(timeouts);
-      print_run(name, r, "raw_heap", raw, count);
-      const run_cost uv = run_libuv(timeouts);
-      print_run(name, r, "libuv", uv, count);
-      kin_runs.push_back(per_timer(k.total_cpu(), count));
-      raw_runs.push_back(per_timer(raw.total_cpu(), count));
-      uv_runs.push_back(per_timer(uv.total_cpu(), count));
+      if (all || only == "kin") {
+        const run_cost k = run_kin(timeouts, storage);
+        print_run(name, r, "kin", k, count);
+        kin_runs.push_back(per_timer(k.total_cpu(), count));
+      }
+      if (all || only == "raw_heap") {
+        const run_cost raw = run_raw_heap(timeouts);
+        print_run(name, r, "raw_heap", raw, count);
+        raw_runs.push_back(per_timer(raw.total_cpu(), count));
+      }
+      if (all || only == "libuv") {
+        const run_cost uv = run_libuv(timeouts);
+        print_run(name, r, "libuv", uv, count);
+        uv_runs.push_back(per_timer(uv.total_cpu(), count));
+      }
     }
-    kin_bench::report(name, "ns/timer", kin_runs, "raw_heap", raw_runs);
-    kin_bench::report(name, "ns/timer", kin_runs, "libuv", uv_runs);
+    if (all) {
+      kin_bench::report(name, "ns/timer", kin_runs, "raw_heap", raw_runs);
+      kin_bench::report(name, "ns/timer", kin_runs, "libuv", uv_runs);
+    }
   }
   return 0;
 }

@@ -6,6 +6,8 @@
 // and loop creation are outside the clock.
 #include <kin/loop.hpp>
 
+#include <pthread.h>
+#include <sched.h>
 #include <uv.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <latch>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -23,6 +26,20 @@ namespace {
 using kin_bench::cpu_ns;
 using kin_bench::die;
 using kin_bench::wall_ns;
+
+/// The CPU each thread is pinned to (--pin), or -1 to let the scheduler place it.
+int cpu_of_a = -1;
+int cpu_of_b = -1;
+
+void pin_this_thread(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0) {
+    die("pthread_setaffinity_np failed");
+  }
+}
 
 /// Wall and CPU time of one run's timed part.
 struct run_cost {
@@ -71,6 +88,7 @@ run_cost run_kin(long n) {
   std::uint64_t start_wall = 0;
   std::uint64_t start_cpu = 0;
   std::thread b([&] {
+    pin_this_thread(cpu_of_b);
     kin::loop loop;
     kin::keep_alive keep(loop);
     st.b = &loop;
@@ -79,6 +97,7 @@ run_cost run_kin(long n) {
     if (loop.run()) die("kin loop B returned with work left");
   });
   std::thread a([&] {
+    pin_this_thread(cpu_of_a);
     kin::loop loop;
     kin::keep_alive keep(loop);
     st.a = &loop;
@@ -139,6 +158,7 @@ run_cost run_libuv(long n) {
   std::uint64_t start_wall = 0;
   std::uint64_t start_cpu = 0;
   std::thread b([&] {
+    pin_this_thread(cpu_of_b);
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0 || uv_async_init(&loop, &st.async_b, uv_on_b) != 0) {
       die("uv_loop_init/uv_async_init failed");
@@ -149,6 +169,7 @@ run_cost run_libuv(long n) {
     if (uv_loop_close(&loop) != 0) die("libuv loop B: handles left");
   });
   std::thread a([&] {
+    pin_this_thread(cpu_of_a);
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0 || uv_async_init(&loop, &st.async_a, uv_on_a) != 0) {
       die("uv_loop_init/uv_async_init failed");
@@ -173,11 +194,11 @@ double rate(const run_cost& c, long n) {
   return static_cast<double>(n) * 1e9 / static_cast<double>(c.wall);
 }
 
-void print_run(int run, const char* impl, const run_cost& c, long n) {
+void print_run(const char* name, int run, const char* impl, const run_cost& c, long n) {
   std::printf(
-      "# post_pingpong run=%d impl=%s %.0f round_trips/s (%.2f us/round_trip wall, "
+      "# %s run=%d impl=%s %.0f round_trips/s (%.2f us/round_trip wall, "
       "%.2f us/round_trip cpu over both threads)\n",
-      run, impl, rate(c, n), static_cast<double>(c.wall) / 1e3 / static_cast<double>(n),
+      name, run, impl, rate(c, n), static_cast<double>(c.wall) / 1e3 / static_cast<double>(n),
       static_cast<double>(c.cpu) / 1e3 / static_cast<double>(n));
   std::fflush(stdout);
 }
@@ -187,10 +208,35 @@ void print_run(int run, const char* impl, const run_cost& c, long n) {
 int main(int argc, char** argv) {
   long runs = 5;
   long n = 200000;
-  kin_bench::parse_options(argc, argv, {{"--runs", &runs}, {"--round-trips", &n}},
-                           "[--runs N (5)] [--round-trips N (200000)]");
-  std::printf("# post_pingpong: %ld round trips, %ld runs, libuv %s, %u hardware threads\n", n,
-              runs, uv_version_string(), std::thread::hardware_concurrency());
+  std::string pin = "none";
+  kin_bench::parse_options(
+      argc, argv, {{"--runs", &runs}, {"--round-trips", &n}, {"--pin", nullptr, &pin}},
+      "[--runs N (5)] [--round-trips N (200000)] [--pin none|same|split (none: the scheduler "
+      "places the two threads; same: both on the first allowed CPU; split: one on each of the "
+      "first two)]");
+  const char* name = "post_pingpong";
+  if (pin != "none") {
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) die("sched_getaffinity failed");
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+    }
+    if (pin == "same") {
+      cpu_of_a = cpu_of_b = cpus.at(0);
+      name = "post_pingpong_same_cpu";
+    } else if (pin == "split") {
+      if (cpus.size() < 2) die("--pin split needs two CPUs");
+      cpu_of_a = cpus[0];
+      cpu_of_b = cpus[1];
+      name = "post_pingpong_split_cpu";
+    } else {
+      die("--pin is none, same or split");
+    }
+  }
+  std::printf("# %s: %ld round trips, %ld runs, libuv %s, %u hardware threads, pin %s\n", name, n,
+              runs, uv_version_string(), std::thread::hardware_concurrency(), pin.c_str());
 
   // Warm-up, not reported: thread stacks, allocator arenas, code.
   (void)run_kin(std::max(1L, n / 10));
@@ -199,12 +245,12 @@ int main(int argc, char** argv) {
   std::vector<double> kin_runs, uv_runs;
   for (int r = 1; r <= runs; ++r) {
     const run_cost k = run_kin(n);
-    print_run(r, "kin", k, n);
+    print_run(name, r, "kin", k, n);
     const run_cost uv = run_libuv(n);
-    print_run(r, "libuv", uv, n);
+    print_run(name, r, "libuv", uv, n);
     kin_runs.push_back(rate(k, n));
     uv_runs.push_back(rate(uv, n));
   }
-  kin_bench::report("post_pingpong", "round_trips/s", kin_runs, "libuv", uv_runs);
+  kin_bench::report(name, "round_trips/s", kin_runs, "libuv", uv_runs);
   return 0;
 }
