@@ -9,10 +9,10 @@
 namespace kin::detail {
 
 void assert_fail(const char* condition, const char* message, const char* file, int line) noexcept {
-  std::fputs(fmt::format("kin: {} (assertion `{}` failed at {}:{})\n", message, condition, file,
-                         line)
-                 .c_str(),
-             stderr);
+  std::fputs(
+      fmt::format("kin: {} (assertion `{}` failed at {}:{})\n", message, condition, file, line)
+          .c_str(),
+      stderr);
   std::fflush(stderr);
   std::abort();
 }

@@ -8,8 +8,8 @@ namespace kin::detail {
 
 /// Stops the process with a message when `cond` is false. For precondition violations only,
 /// never for conditions the OS can cause.
-#define KIN_ASSERT(cond, message)                                                    \
-  do {                                                                               \
-    if (!(cond)) [[unlikely]]                                                        \
-      ::kin::detail::assert_fail(#cond, message, __FILE__, __LINE__);                \
+#define KIN_ASSERT(cond, message)                                     \
+  do {                                                                \
+    if (!(cond)) [[unlikely]]                                         \
+      ::kin::detail::assert_fail(#cond, message, __FILE__, __LINE__); \
   } while (false)

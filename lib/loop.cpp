@@ -99,9 +99,9 @@ bool loop::is_alive() const noexcept { return impl_->is_alive(); }
 void loop::update_time() noexcept { impl_->update_time(); }
 
 std::chrono::steady_clock::time_point loop::now() const noexcept {
-  return std::chrono::steady_clock::time_point(std::chrono::duration_cast<
-                                               std::chrono::steady_clock::duration>(
-      std::chrono::nanoseconds(static_cast<std::int64_t>(impl_->now_ns()))));
+  return std::chrono::steady_clock::time_point(
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          std::chrono::nanoseconds(static_cast<std::int64_t>(impl_->now_ns()))));
 }
 
 handle::handle(loop& l) noexcept : loop_(&l.impl()) { loop_->attach(); }

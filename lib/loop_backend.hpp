@@ -25,8 +25,7 @@ class backend {
   /// Starts reporting `events` on `fd` as `token`.
   result<void> add(int fd, io_events events, std::uint64_t token) noexcept;
   /// Changes the interest of a registered `fd` from `old_events` to `events`.
-  result<void> modify(int fd, io_events old_events, io_events events,
-                      std::uint64_t token) noexcept;
+  result<void> modify(int fd, io_events old_events, io_events events, std::uint64_t token) noexcept;
   /// Stops reporting `fd`. A descriptor already closed is not an error.
   void remove(int fd, io_events old_events) noexcept;
 

@@ -102,7 +102,8 @@ class signal_sink {
     w.next_ = heads_[signo];
     if (w.next_ != nullptr) w.next_->prev_ = &w;
     heads_[signo] = &w;
-    if (counts_[signo]++ == 0) slot_.mask.fetch_or(as::signal_bit(signo), std::memory_order_seq_cst);
+    if (counts_[signo]++ == 0)
+      slot_.mask.fetch_or(as::signal_bit(signo), std::memory_order_seq_cst);
   }
 
   void unlink(signal_watcher& w, int signo) noexcept {

@@ -65,8 +65,9 @@ void timer_heap::remove(std::uint32_t index) noexcept {
 
 namespace {
 std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b) noexcept {
-  return b > std::numeric_limits<std::uint64_t>::max() - a ? std::numeric_limits<std::uint64_t>::max()
-                                                            : a + b;
+  return b > std::numeric_limits<std::uint64_t>::max() - a
+             ? std::numeric_limits<std::uint64_t>::max()
+             : a + b;
 }
 }  // namespace
 

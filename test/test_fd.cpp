@@ -9,11 +9,11 @@
 #include <atomic>
 #include <csignal>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include <fcntl.h>
 #include <pthread.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -88,8 +88,8 @@ TEST_CASE("make_socketpair creates AF_UNIX sockets of the asked type, close-on-e
       {kin::socket_type::datagram, SOCK_DGRAM},
   }));
   const bool nonblocking = GENERATE(false, true);
-  auto sp = kin::make_socketpair(type, nonblocking ? kin::fd_mode::nonblocking
-                                                   : kin::fd_mode::blocking);
+  auto sp =
+      kin::make_socketpair(type, nonblocking ? kin::fd_mode::nonblocking : kin::fd_mode::blocking);
   REQUIRE(sp);
   for (int fd : {sp->first.get(), sp->second.get()}) {
     CHECK(is_cloexec(fd));
@@ -109,19 +109,11 @@ TEST_CASE("make_socketpair creates AF_UNIX sockets of the asked type, close-on-e
 
 TEST_CASE("creating descriptors past RLIMIT_NOFILE fails with EMFILE and leaks nothing", "[fd]") {
   const auto before = kin_test::open_fds();
-  rlimit saved{};
-  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
-  // The lowest free number becomes the limit, so no new descriptor fits.
-  int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  REQUIRE(probe >= 0);
-  ::close(probe);
-  rlimit tight = saved;
-  tight.rlim_cur = static_cast<rlim_t>(probe);
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  std::optional<kin_test::fd_limit> full(std::in_place, 0);  // no new descriptor fits
   auto p = kin::make_pipe();
   auto sp = kin::make_socketpair();
   auto d = kin::sys::dup_cloexec(0);
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  full.reset();
   REQUIRE_FALSE(p);
   CHECK(p.error() == std::errc::too_many_files_open);
   REQUIRE_FALSE(sp);

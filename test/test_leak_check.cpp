@@ -2,8 +2,8 @@
 // main.cpp to fail it, which shows that check can fail.
 #include "catch.hpp"
 
-#include <cstdlib>
 #include <spawn.h>
+#include <cstdlib>
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -17,7 +17,6 @@
 #include <vector>
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 using namespace std::chrono_literals;
@@ -253,8 +252,7 @@ TEST_CASE("a watcher keeps working when its fd is closed and the number reopened
   }
 }
 
-TEST_CASE("watching a bad descriptor fails with a clear error and leaves the loop idle",
-          "[loop]") {
+TEST_CASE("watching a bad descriptor fails with a clear error and leaves the loop idle", "[loop]") {
   kin::loop l;
   auto none = [](kin::io_events) {};
   SECTION("a number that is not open") {
@@ -331,8 +329,7 @@ TEST_CASE("run_once waits for one event; run_nowait does not wait", "[loop]") {
   w.stop();
 }
 
-TEST_CASE("post() from 8 threads runs every function exactly once on the loop thread",
-          "[loop]") {
+TEST_CASE("post() from 8 threads runs every function exactly once on the loop thread", "[loop]") {
   kin::loop l;
   constexpr int threads = 8, per_thread = 10'000;
   const auto loop_thread = std::this_thread::get_id();
@@ -403,8 +400,7 @@ TEST_CASE("stop() from a callback ends run() after the current iteration", "[loo
   t.stop();
 }
 
-TEST_CASE("a stop requested while the loop is idle makes the next run() return at once",
-          "[loop]") {
+TEST_CASE("a stop requested while the loop is idle makes the next run() return at once", "[loop]") {
   kin::loop l;
   kin::keep_alive hold(l);
   l.stop();
@@ -442,11 +438,10 @@ TEST_CASE("releasing the last keep_alive from another thread ends run()", "[loop
   releaser.join();
 }
 
-TEST_CASE("destroying a loop that still has handles stops the process with a message",
-          "[loop]") {
-  const std::string behaviour = GENERATE(std::string("loop-destroyed-with-timer"),
-                                         std::string("loop-destroyed-with-watcher"),
-                                         std::string("loop-destroyed-with-keep-alive"));
+TEST_CASE("destroying a loop that still has handles stops the process with a message", "[loop]") {
+  const std::string behaviour =
+      GENERATE(std::string("loop-destroyed-with-timer"), std::string("loop-destroyed-with-watcher"),
+               std::string("loop-destroyed-with-keep-alive"));
   auto child = kin_test::run_child({behaviour});
   INFO(child.err);
   CHECK_FALSE(child.exited);
@@ -465,17 +460,10 @@ TEST_CASE("running a loop from inside its own callback stops the process with a 
 
 TEST_CASE("a loop that cannot get its descriptors reports EMFILE and leaks nothing", "[loop]") {
   const auto before = kin_test::open_fds();
-  rlimit saved{};
-  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
-  int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  REQUIRE(probe >= 0);
-  ::close(probe);
   // Room for none, then for exactly one descriptor: the second creation step fails after the
   // first succeeded, and the first must be closed again.
   const int room = GENERATE(0, 1);
-  rlimit tight = saved;
-  tight.rlim_cur = static_cast<rlim_t>(probe + room);
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  std::optional<kin_test::fd_limit> limit(std::in_place, room);
   auto created = kin::loop::create();
   bool threw = false;
   try {
@@ -483,7 +471,7 @@ TEST_CASE("a loop that cannot get its descriptors reports EMFILE and leaks nothi
   } catch (const std::system_error& e) {
     threw = e.code() == std::errc::too_many_files_open;
   }
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  limit.reset();
   REQUIRE_FALSE(created);
   CHECK(created.error() == std::errc::too_many_files_open);
   CHECK(threw);

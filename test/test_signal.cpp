@@ -13,11 +13,8 @@
 #include <csignal>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
-
-#include <fcntl.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 using namespace std::chrono_literals;
 
@@ -39,8 +36,10 @@ struct loop_thread {
       kin::loop l;
       kin::keep_alive hold(l);
       kin::signal_watcher w(l, [&](int s) {
-        if (s == signo && std::this_thread::get_id() == thread_id) ++calls;
-        else ++wrong;
+        if (s == signo && std::this_thread::get_id() == thread_id)
+          ++calls;
+        else
+          ++wrong;
       });
       REQUIRE(w.start(signo));
       {
@@ -255,17 +254,10 @@ TEST_CASE("a storm of signals wakes every loop, keeps errno, and loses no wakeup
 TEST_CASE("a signal watcher whose self-pipe cannot be created reports EMFILE", "[signal]") {
   kin::loop l;
   const auto before = kin_test::open_fds();
-  rlimit saved{};
-  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
-  int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  REQUIRE(probe >= 0);
-  ::close(probe);
-  rlimit tight = saved;
-  tight.rlim_cur = static_cast<rlim_t>(probe);
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
   kin::signal_watcher w(l, [](int) {});
+  std::optional<kin_test::fd_limit> full(std::in_place, 0);
   auto r = w.start(SIGUSR1);
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  full.reset();
   REQUIRE_FALSE(r);
   CHECK(r.error() == std::errc::too_many_files_open);
   CHECK_FALSE(w.is_active());

@@ -5,9 +5,9 @@
 #include "linux/sys_linux.hpp"
 
 #include <cstdint>
+#include <optional>
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 TEST_CASE("make_epoll and make_eventfd create close-on-exec descriptors", "[sys_linux]") {
@@ -15,8 +15,8 @@ TEST_CASE("make_epoll and make_eventfd create close-on-exec descriptors", "[sys_
   REQUIRE(ep);
   CHECK((::fcntl(ep->get(), F_GETFD) & FD_CLOEXEC) != 0);
   const bool nonblocking = GENERATE(false, true);
-  auto ev = kin::sys::make_eventfd(3, nonblocking ? kin::fd_mode::nonblocking
-                                                  : kin::fd_mode::blocking);
+  auto ev =
+      kin::sys::make_eventfd(3, nonblocking ? kin::fd_mode::nonblocking : kin::fd_mode::blocking);
   REQUIRE(ev);
   CHECK((::fcntl(ev->get(), F_GETFD) & FD_CLOEXEC) != 0);
   CHECK(((::fcntl(ev->get(), F_GETFL) & O_NONBLOCK) != 0) == nonblocking);
@@ -27,17 +27,10 @@ TEST_CASE("make_epoll and make_eventfd create close-on-exec descriptors", "[sys_
 
 TEST_CASE("make_epoll and make_eventfd report EMFILE and leak nothing", "[sys_linux]") {
   const auto before = kin_test::open_fds();
-  rlimit saved{};
-  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
-  int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  REQUIRE(probe >= 0);
-  ::close(probe);
-  rlimit tight = saved;
-  tight.rlim_cur = static_cast<rlim_t>(probe);
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  std::optional<kin_test::fd_limit> full(std::in_place, 0);
   auto ep = kin::sys::make_epoll();
   auto ev = kin::sys::make_eventfd(0, kin::fd_mode::nonblocking);
-  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  full.reset();
   REQUIRE_FALSE(ep);
   CHECK(ep.error() == std::errc::too_many_files_open);
   REQUIRE_FALSE(ev);

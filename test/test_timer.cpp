@@ -43,8 +43,7 @@ TEST_CASE("a repeating timer fires until stopped from its callback", "[timer]") 
   CHECK(fired == 5);
 }
 
-TEST_CASE("set_repeat(0) from a callback makes the already scheduled firing the last",
-          "[timer]") {
+TEST_CASE("set_repeat(0) from a callback makes the already scheduled firing the last", "[timer]") {
   kin::loop l;
   int fired = 0;
   kin::timer t(l, [&] {
@@ -56,9 +55,10 @@ TEST_CASE("set_repeat(0) from a callback makes the already scheduled firing the 
   CHECK(fired == 3);
 }
 
-TEST_CASE("100000 timers with random deadlines fire in deadline order, ties in start order, "
-          "and cancelled ones never fire",
-          "[timer]") {
+TEST_CASE(
+    "100000 timers with random deadlines fire in deadline order, ties in start order, "
+    "and cancelled ones never fire",
+    "[timer]") {
   kin::loop l;
   constexpr int n = 100'000;
   std::mt19937 rng(20261122);
@@ -133,11 +133,13 @@ TEST_CASE("a timer can destroy itself and restart others from its callback", "[t
   CHECK(other_fired == 1);
 }
 
-TEST_CASE("a zero-timeout timer restarted from its callback fires once per iteration",
-          "[timer]") {
+TEST_CASE("a zero-timeout timer restarted from its callback fires once per iteration", "[timer]") {
   kin::loop l;
   int fired = 0;
-  kin::timer t(l, [&] { REQUIRE(t.start(0ms)); ++fired; });
+  kin::timer t(l, [&] {
+    REQUIRE(t.start(0ms));
+    ++fired;
+  });
   REQUIRE(t.start(0ms));
   for (int i = 1; i <= 5; ++i) {
     CHECK(l.run_once());

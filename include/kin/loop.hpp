@@ -1,4 +1,5 @@
-// The reactor: kin::loop, and the handles that attach to it (fd watchers, timers, keep-alive tokens).
+// The reactor: kin::loop, and the handles that attach to it (fd watchers, timers, keep-alive
+// tokens).
 #pragma once
 
 #include <kin/export.hpp>

@@ -3,10 +3,10 @@
 
 #include <kin/export.hpp>
 
+#include <new>
 #include <system_error>
 #include <type_traits>
 #include <utility>
-#include <new>
 
 namespace kin {
 
@@ -34,7 +34,8 @@ inline std::error_code errno_code(int err) noexcept { return {err, std::system_c
 template <class E>
 class unexpected {
  public:
-  explicit unexpected(E e) noexcept(std::is_nothrow_move_constructible_v<E>) : error_(std::move(e)) {}
+  explicit unexpected(E e) noexcept(std::is_nothrow_move_constructible_v<E>)
+      : error_(std::move(e)) {}
   [[nodiscard]] const E& error() const& noexcept { return error_; }
   [[nodiscard]] E&& error() && noexcept { return std::move(error_); }
 

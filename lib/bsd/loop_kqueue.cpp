@@ -7,10 +7,10 @@
 #include <cerrno>
 #include <cstdint>
 
+#include <fcntl.h>
 #include <sys/event.h>
 #include <sys/time.h>
 #include <sys/types.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 namespace kin::detail {
@@ -95,10 +95,11 @@ void backend::poll(int timeout_ms, loop_impl& owner) noexcept {
   constexpr int max_events = 256;
   struct kevent events[max_events];
   timespec ts{timeout_ms / 1000, static_cast<long>(timeout_ms % 1000) * 1'000'000};
-  const int n = ::kevent(poll_fd_.get(), nullptr, 0, events, max_events,
-                         timeout_ms < 0 ? nullptr : &ts);
+  const int n =
+      ::kevent(poll_fd_.get(), nullptr, 0, events, max_events, timeout_ms < 0 ? nullptr : &ts);
   for (int i = 0; i < n; ++i) {
-    const auto token = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(events[i].udata));
+    const auto token =
+        static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(events[i].udata));
     if (token == wakeup_token) {
       char buf[256];
       while (::read(wake_fd_.get(), buf, sizeof buf) > 0) {

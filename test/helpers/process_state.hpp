@@ -2,6 +2,7 @@
 // the helper child binary with a bounded wait.
 #pragma once
 
+#include <spawn.h>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -9,13 +10,13 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <spawn.h>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,7 +75,8 @@ inline child_result run_child(const std::vector<std::string>& args,
   argv.push_back(nullptr);
 
   int out[2], err[2];
-  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+    throw std::runtime_error("pipe");
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, out[1], 1);
@@ -119,6 +121,27 @@ inline child_result run_child(const std::vector<std::string>& args,
   result.status = WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status);
   return result;
 }
+
+/// Lowers RLIMIT_NOFILE so that only `room` more descriptors can be created, for as long as it
+/// lives (the limit becomes the lowest free number plus `room`).
+class fd_limit {
+ public:
+  explicit fd_limit(int room) {
+    if (::getrlimit(RLIMIT_NOFILE, &saved_) != 0) throw std::runtime_error("getrlimit");
+    const int lowest_free = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (lowest_free < 0) throw std::runtime_error("open /dev/null");
+    ::close(lowest_free);
+    rlimit tight = saved_;
+    tight.rlim_cur = static_cast<rlim_t>(lowest_free + room);
+    if (::setrlimit(RLIMIT_NOFILE, &tight) != 0) throw std::runtime_error("setrlimit");
+  }
+  fd_limit(const fd_limit&) = delete;
+  fd_limit& operator=(const fd_limit&) = delete;
+  ~fd_limit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+
+ private:
+  rlimit saved_{};
+};
 
 /// Polls `pred` until it holds or `limit` passes; returns the last value of `pred`.
 template <class Pred>
