@@ -126,8 +126,11 @@ class KIN_API handle {
 /// is reported as every event of the interest, so the next read or write sees it. Watchers may
 /// be started, changed, stopped or destroyed from any callback, including ones for other
 /// watchers whose events are ready in the same iteration: a stopped or destroyed watcher is
-/// never called afterwards. A descriptor closed while watched leaves the kernel's interest
-/// set by itself; start() again after reopening the same number.
+/// never called afterwards. Stop the watcher before closing its descriptor. A descriptor closed
+/// while watched leaves the kernel's interest set only if no other descriptor (a dup, or a copy
+/// in a child) refers to the same open file; when the number is reopened, start() registers
+/// the new file. If a copy does keep the old file open, epoll keeps reporting it under a dead
+/// token, which kin ignores but which makes every poll return at once until the copy closes.
 class KIN_API io_watcher : public handle {
  public:
   using callback = std::function<void(io_events ready)>;
