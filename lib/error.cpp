@@ -23,6 +23,8 @@ class category final : public std::error_category {
         return "unknown handle type";
       case errc::status_unknown:
         return "exit status unknown: the child was reaped by someone else";
+      case errc::eof:
+        return "end of stream";
     }
     return "unknown kin error " + std::to_string(value);
   }

@@ -89,6 +89,9 @@ void loop_impl::dispatch_io(std::uint64_t token, io_events events) noexcept {
 
 io_watcher::io_watcher(loop& l, int fd, callback cb) : handle(l), cb_(std::move(cb)), fd_(fd) {}
 
+io_watcher::io_watcher(detail::loop_impl& l, int fd, callback cb)
+    : handle(l), cb_(std::move(cb)), fd_(fd) {}
+
 io_watcher::~io_watcher() { stop(); }
 
 result<void> io_watcher::start(io_events interest) noexcept {

@@ -50,12 +50,53 @@ void loop_impl::run_posted() noexcept {
   running_posts_.clear();
 }
 
+void loop_impl::defer(deferred_task& task) noexcept {
+  if (task.queued_) return;
+  task.queued_ = true;
+  task.round_ = deferred_round_;
+  task.next_ = nullptr;
+  task.prev_ = deferred_tail_;
+  if (deferred_tail_ != nullptr) {
+    deferred_tail_->next_ = &task;
+  } else {
+    deferred_head_ = &task;
+  }
+  deferred_tail_ = &task;
+}
+
+void loop_impl::cancel(deferred_task& task) noexcept {
+  if (!task.queued_) return;
+  task.queued_ = false;
+  if (task.prev_ != nullptr) {
+    task.prev_->next_ = task.next_;
+  } else {
+    deferred_head_ = task.next_;
+  }
+  if (task.next_ != nullptr) {
+    task.next_->prev_ = task.prev_;
+  } else {
+    deferred_tail_ = task.prev_;
+  }
+  task.prev_ = task.next_ = nullptr;
+}
+
+void loop_impl::run_deferred() noexcept {
+  // Tasks queued while these run belong to the next round (the poll then does not sleep).
+  const std::uint64_t round = ++deferred_round_;
+  while (deferred_head_ != nullptr && deferred_head_->round_ < round) {
+    deferred_task* task = deferred_head_;
+    cancel(*task);
+    task->fn_(task->context_);  // may destroy the handle that owns task
+  }
+}
+
 bool loop_impl::run(run_mode mode) {
   KIN_ASSERT(!running_, "kin::loop::run called from inside a callback of the same loop");
   running_ = true;
   update_time();
   for (;;) {
     if (stop_requested_.exchange(false, std::memory_order_acq_rel)) break;
+    run_deferred();
     if (!is_alive()) break;
     backend_.poll(poll_timeout(mode), *this);
     update_time();
@@ -104,7 +145,9 @@ std::chrono::steady_clock::time_point loop::now() const noexcept {
           std::chrono::nanoseconds(static_cast<std::int64_t>(impl_->now_ns()))));
 }
 
-handle::handle(loop& l) noexcept : loop_(&l.impl()) { loop_->attach(); }
+handle::handle(loop& l) noexcept : handle(l.impl()) {}
+
+handle::handle(detail::loop_impl& l) noexcept : loop_(&l) { loop_->attach(); }
 
 handle::~handle() {
   KIN_ASSERT(!active_, "kin::handle destroyed while active (a derived class must stop it)");

@@ -25,6 +25,27 @@ struct signal_sink_deleter {
 
 enum class run_mode { until_done, once, nowait };
 
+/// Work a handle asks the loop to do once, just before it next polls (a stream flushing the
+/// writes its callbacks queued, so that many small writes leave in one system call). A task is
+/// queued at most once; cancel() takes it out (a handle does so when it is destroyed).
+class deferred_task {
+ public:
+  using function = void (*)(void* context) noexcept;
+  deferred_task(function fn, void* context) noexcept : fn_(fn), context_(context) {}
+  deferred_task(const deferred_task&) = delete;
+  deferred_task& operator=(const deferred_task&) = delete;
+  [[nodiscard]] bool is_queued() const noexcept { return queued_; }
+
+ private:
+  friend class loop_impl;
+  function fn_;
+  void* context_;
+  deferred_task* prev_ = nullptr;
+  deferred_task* next_ = nullptr;
+  std::uint64_t round_ = 0;
+  bool queued_ = false;
+};
+
 class loop_impl {
  public:
   explicit loop_impl(backend b) noexcept : backend_(std::move(b)) { update_time(); }
@@ -64,6 +85,10 @@ class loop_impl {
   result<void> signal_start(signal_watcher& w, int signo) noexcept;
   void signal_stop(signal_watcher& w) noexcept;
 
+  // Deferred tasks: run once, just before the next poll.
+  void defer(deferred_task& task) noexcept;
+  void cancel(deferred_task& task) noexcept;
+
   // Called by the backend from poll().
   void dispatch_io(std::uint64_t token, io_events events) noexcept;
   void on_wakeup() noexcept {}
@@ -85,6 +110,7 @@ class loop_impl {
   int poll_timeout(run_mode mode) const noexcept;
   void run_timers() noexcept;
   void run_posted() noexcept;
+  void run_deferred() noexcept;
 
   backend backend_;
   std::uint64_t now_ns_ = 0;
@@ -105,6 +131,10 @@ class loop_impl {
   std::vector<std::function<void()>> posted_;  // guarded by post_mutex_
   std::vector<std::function<void()>> running_posts_;
   std::atomic<bool> posts_pending_{false};
+
+  deferred_task* deferred_head_ = nullptr;
+  deferred_task* deferred_tail_ = nullptr;
+  std::uint64_t deferred_round_ = 0;
 
   std::unique_ptr<signal_sink, signal_sink_deleter> signals_;
 };

@@ -105,7 +105,8 @@ void loop_impl::run_timers() noexcept {
 }
 
 int loop_impl::poll_timeout(run_mode mode) const noexcept {
-  if (mode == run_mode::nowait || posts_pending_.load(std::memory_order_acquire) ||
+  if (mode == run_mode::nowait || deferred_head_ != nullptr ||
+      posts_pending_.load(std::memory_order_acquire) ||
       stop_requested_.load(std::memory_order_acquire)) {
     return 0;
   }

@@ -69,7 +69,7 @@ TEST_CASE("kin::errc codes belong to the kin category and say what went wrong", 
   CHECK(ec == kin::errc::frame_too_large);
   CHECK(ec != kin::errc::message_truncated);
   CHECK(ec != std::errc::invalid_argument);
-  for (int v = 1; v <= static_cast<int>(kin::errc::status_unknown); ++v) {
+  for (int v = 1; v <= static_cast<int>(kin::errc::eof); ++v) {
     const std::string message = kin::make_error_code(static_cast<kin::errc>(v)).message();
     CHECK_FALSE(message.empty());
     CHECK(message.find("unknown kin error") == std::string::npos);

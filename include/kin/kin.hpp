@@ -1,8 +1,11 @@
 // Every public kin header (fmt formatters excepted: include <kin/fmt.hpp> for those).
 #pragma once
 
+#include <kin/address.hpp>
 #include <kin/fd.hpp>
+#include <kin/fd_kind.hpp>
 #include <kin/loop.hpp>
 #include <kin/result.hpp>
 #include <kin/signal.hpp>
+#include <kin/stream.hpp>
 #include <kin/version.hpp>

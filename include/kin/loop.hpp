@@ -109,6 +109,7 @@ class KIN_API handle {
 
  protected:
   explicit handle(loop& l) noexcept;
+  explicit handle(detail::loop_impl& l) noexcept;
   ~handle();
   void set_active(bool active) noexcept;
   [[nodiscard]] detail::loop_impl& loop_impl() const noexcept { return *loop_; }
@@ -136,6 +137,8 @@ class KIN_API io_watcher : public handle {
   using callback = std::function<void(io_events ready)>;
 
   io_watcher(loop& l, int fd, callback cb);
+  /// For kin's own handles, which know their loop by its implementation.
+  io_watcher(detail::loop_impl& l, int fd, callback cb);
   ~io_watcher();
 
   /// Watches for `interest` (replacing any previous interest); io_events::none stops.
@@ -148,6 +151,7 @@ class KIN_API io_watcher : public handle {
 
   [[nodiscard]] int fd() const noexcept { return fd_; }
   [[nodiscard]] io_events interest() const noexcept { return interest_; }
+  /// Replaces the callback; not from inside the callback itself, which it would destroy.
   void set_callback(callback cb) { cb_ = std::move(cb); }
 
  private:
@@ -179,6 +183,7 @@ class KIN_API timer : public handle {
   /// Disarms the timer. Stopping a stopped timer does nothing.
   void stop() noexcept;
 
+  /// Replaces the callback; not from inside the callback itself, which it would destroy.
   void set_callback(callback cb) { cb_ = std::move(cb); }
   /// The repeat interval; changing it takes effect at the next firing (zero: fire once).
   [[nodiscard]] std::chrono::nanoseconds repeat() const noexcept {

@@ -18,6 +18,7 @@ enum class errc {
   handle_not_acknowledged,  ///< the peer refused or never acknowledged a passed handle
   unknown_handle_type,      ///< a received descriptor or handle label kin cannot rebuild
   status_unknown,           ///< a child's exit status was collected by someone else
+  eof,                      ///< the peer closed its end: no more bytes will arrive
 };
 
 /// The category of kin::errc; its name is "kin".

@@ -40,6 +40,7 @@ class KIN_API signal_watcher : public handle {
 
   /// The signal being watched, or 0.
   [[nodiscard]] int signal() const noexcept { return signo_; }
+  /// Replaces the callback; not from inside the callback itself, which it would destroy.
   void set_callback(callback cb) { cb_ = std::move(cb); }
 
  private:

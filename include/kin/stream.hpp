@@ -1,0 +1,117 @@
+// Non-blocking byte streams over sockets and pipes: reading, a batching write queue with water
+// marks, half-close, and (on Unix-domain sockets) descriptors carried with the bytes.
+#pragma once
+
+#include <kin/export.hpp>
+#include <kin/fd.hpp>
+#include <kin/loop.hpp>
+#include <kin/result.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace kin {
+
+namespace detail {
+struct stream_state;
+}  // namespace detail
+
+/// The most descriptors one write may carry (the kernel's SCM_MAX_FD).
+inline constexpr std::size_t max_fds_per_write = 253;
+
+/// A connected, non-blocking byte stream: a TCP or Unix-domain stream socket, or a pipe end.
+///
+/// **Reading.** read_start() calls the callback with each chunk of bytes as it arrives, on the
+/// loop's thread. On a Unix-domain socket the chunk also carries the descriptors that arrived
+/// with it, already wrapped in unique_fd (received close-on-exec): the callback may move them
+/// out, and those it leaves are closed when it returns. A chunk boundary means nothing: frame
+/// the bytes yourself. The end of the stream comes as kin::errc::eof, after which reading stops.
+/// A control message the kernel had to cut (MSG_CTRUNC) comes as kin::errc::message_truncated
+/// with the bytes that did arrive and no descriptors (any that arrived are closed); the stream
+/// stays usable.
+///
+/// **Writing.** write() queues the bytes and returns at once; the queue is sent just before
+/// the loop next polls, so many small writes made by one callback leave in one system call.
+/// Callbacks complete in order. write() returns false once the queue holds more than the high
+/// water mark (the data is still queued); on_drain fires when it falls to the low mark. A
+/// write's descriptors travel on the sendmsg() that carries its first byte and are closed once
+/// that byte is sent. Writing never raises SIGPIPE: a closed peer is EPIPE (or ECONNRESET) in
+/// the write callbacks, pipes included.
+///
+/// **Lifetime.** The stream is active (keeps the loop running) while it reads, has queued
+/// writes, or has a shutdown pending. close() cancels queued writes (their callbacks get
+/// ECANCELED, on a later iteration, before close's own callback). Destroying a stream closes it
+/// at once and drops its callbacks. A stream may be destroyed from any of its callbacks.
+class KIN_API stream : public handle {
+ public:
+  using read_callback = std::function<void(std::error_code ec, std::span<const std::byte> data,
+                                           std::span<unique_fd> fds)>;
+  using write_callback = std::function<void(std::error_code ec)>;
+
+  explicit stream(loop& l);
+  ~stream();
+
+  /// Takes ownership of a connected stream socket or pipe end and makes it non-blocking.
+  /// Errors: EBADF, ENOTSOCK/EINVAL for a descriptor that is neither a stream socket nor a
+  /// pipe (regular files, datagram sockets, listening sockets), EISCONN if already open.
+  result<void> open(unique_fd fd) noexcept;
+
+  /// Calls `cb` with every chunk that arrives until read_stop(), EOF or an error.
+  /// Errors: EBADF if not open, EINVAL without a callback.
+  result<void> read_start(read_callback cb) noexcept;
+  void read_stop() noexcept;
+
+  /// Queues a copy of `data`. Returns false when the queue is above the high water mark.
+  bool write(std::span<const std::byte> data, write_callback cb = {});
+  bool write(std::string_view data, write_callback cb = {}) {
+    return write(std::as_bytes(std::span(data.data(), data.size())), std::move(cb));
+  }
+  /// Queues `data` without copying it.
+  bool write(std::vector<std::byte>&& data, write_callback cb = {});
+  /// Queues `data` with descriptors riding on its first byte (Unix-domain sockets only). The
+  /// stream owns `fds` from now on and closes them once sent, or when the write fails. A write
+  /// that cannot carry them — not a Unix-domain socket, empty `data`, no descriptors, more than
+  /// max_fds_per_write — fails with EINVAL through its callback.
+  bool write(std::span<const std::byte> data, std::vector<unique_fd> fds, write_callback cb = {});
+
+  /// Writes as much of `data` as the kernel takes now, bypassing the queue; fails with EAGAIN
+  /// when writes are already queued (order would break) or the kernel takes nothing.
+  result<std::size_t> try_write(std::span<const std::byte> data) noexcept;
+
+  /// Half-closes the write side once every queued byte is sent (a pipe's write end is
+  /// closed). `cb` gets the outcome. Later writes fail with EPIPE.
+  void shutdown(write_callback cb = {});
+  /// Stops reading, cancels queued writes, closes the descriptor; `cb` runs on a later
+  /// iteration. Closing a closed stream only schedules `cb`.
+  void close(std::function<void()> cb = {});
+
+  /// When write() starts returning false (bytes queued > high) and when on_drain fires
+  /// (queued <= low). Defaults: 64 KiB and 16 KiB. Requires low <= high.
+  void set_water_marks(std::size_t high, std::size_t low) noexcept;
+  void on_drain(std::function<void()> cb) { drain_cb_ = std::move(cb); }
+
+  /// Bytes queued and not yet sent.
+  [[nodiscard]] std::size_t write_queue_size() const noexcept;
+  [[nodiscard]] bool is_open() const noexcept { return fd_.is_open(); }
+  [[nodiscard]] bool is_reading() const noexcept { return reading_; }
+  /// True for a Unix-domain socket, the only kind that can carry descriptors.
+  [[nodiscard]] bool can_pass_fds() const noexcept { return unix_socket_; }
+  [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+
+ private:
+  friend struct detail::stream_state;
+  unique_fd fd_;
+  bool socket_ = false;
+  bool unix_socket_ = false;
+  bool reading_ = false;
+  read_callback read_cb_;
+  std::function<void()> drain_cb_;
+  std::unique_ptr<detail::stream_state> state_;
+};
+
+}  // namespace kin

@@ -1,0 +1,579 @@
+// kin::stream: the read loop, the batching write queue with descriptor passing, water marks,
+// half-close and close.
+#include <kin/stream.hpp>
+
+#include "assert.hpp"
+#include "loop_impl.hpp"
+#include "posix/sys.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <deque>
+
+#include <limits.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+
+namespace kin {
+
+namespace detail {
+
+namespace {
+
+constexpr std::size_t read_buffer_size = 64 * 1024;
+constexpr int reads_per_event = 32;           // then let other watchers have their turn
+constexpr std::size_t coalesce_below = 4096;  // small writes are copied into the queue's tail
+constexpr std::size_t coalesce_limit = 64 * 1024;
+constexpr int max_iov = IOV_MAX < 1024 ? IOV_MAX : 1024;
+
+// Blocks SIGPIPE in this thread for one write to a pipe (which cannot use MSG_NOSIGNAL), and
+// consumes the SIGPIPE that a write to a closed pipe raises, so only EPIPE remains.
+class sigpipe_guard {
+ public:
+  sigpipe_guard() noexcept {
+    sigemptyset(&pipe_set_);
+    sigaddset(&pipe_set_, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set_, &old_);
+  }
+  sigpipe_guard(const sigpipe_guard&) = delete;
+  sigpipe_guard& operator=(const sigpipe_guard&) = delete;
+  void consume() noexcept {
+    const timespec zero{0, 0};
+    while (::sigtimedwait(&pipe_set_, nullptr, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  ~sigpipe_guard() {
+    if (!sigismember(&old_, SIGPIPE)) pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+
+ private:
+  sigset_t pipe_set_;
+  sigset_t old_;
+};
+
+}  // namespace
+
+// Marks a stack frame that calls user code. A callback may destroy the stream: the destructor
+// then sets `gone` in every frame still on the stack, and each frame returns without touching
+// the stream again.
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC sees the frame's address stored in the stream and not always taken back: it is taken back
+// on every path but the one where the stream, and the stored address with it, is gone.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#endif
+struct call_guard {
+  explicit call_guard(call_guard*& top) noexcept : top_(top), outer_(top) { top = this; }
+  call_guard(const call_guard&) = delete;
+  call_guard& operator=(const call_guard&) = delete;
+  ~call_guard() {
+    if (!gone) top_ = outer_;
+  }
+  static void mark_all(call_guard* top) noexcept {
+    for (call_guard* g = top; g != nullptr; g = g->outer_) g->gone = true;
+  }
+  bool gone = false;
+
+ private:
+  call_guard*& top_;
+  call_guard* outer_;
+};
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+struct write_req {
+  std::vector<std::byte> data;
+  std::size_t sent = 0;
+  std::vector<unique_fd> fds;  // closed once the first byte is sent
+  // Callbacks of the writes coalesced into this request, with the end of each write's bytes.
+  std::vector<std::pair<std::size_t, stream::write_callback>> callbacks;
+};
+
+struct stream_state {
+  stream_state(stream& s, loop_impl& l, int fd)
+      : owner(s),
+        watcher(l, fd, [this](io_events ev) { on_ready(ev); }),
+        flush_task(&stream_state::deferred_flush, this) {
+    watcher.unref();  // the stream itself is the handle that keeps the loop alive
+  }
+
+  static void deferred_flush(void* self) noexcept { static_cast<stream_state*>(self)->flush(); }
+
+  void on_ready(io_events ev) noexcept {
+    call_guard guard(destroyed);
+    if (has(ev, io_events::writable)) flush();
+    if (!guard.gone && has(ev, io_events::readable) && owner.reading_) read_some();
+  }
+
+  loop_impl& impl() noexcept { return owner.loop_impl(); }
+
+  void update() noexcept {
+    io_events interest = io_events::none;
+    if (owner.reading_) interest = interest | io_events::readable;
+    if (want_writable && !queue.empty()) interest = interest | io_events::writable;
+    if (interest != watcher.interest() && owner.fd_.is_open()) {
+      if (auto r = watcher.start(interest); !r) {
+        // Only a closed or unpollable descriptor fails here; report it to whoever waits.
+        pending_error = r.error();
+      }
+    }
+    owner.set_active(owner.reading_ || !queue.empty() || shutdown_requested);
+  }
+
+  void schedule_flush() noexcept {
+    if (!want_writable) impl().defer(flush_task);
+    owner.set_active(true);
+  }
+
+  result<std::size_t> send_front() noexcept {
+    iovec iov[max_iov];
+    int count = 0;
+    const write_req& first = queue.front();
+    for (const write_req& req : queue) {
+      if (count == max_iov) break;
+      // A later request with descriptors must start its own sendmsg, so they ride on its
+      // first byte.
+      if (&req != &first && !req.fds.empty()) break;
+      iov[count].iov_base = const_cast<std::byte*>(req.data.data() + req.sent);
+      iov[count].iov_len = req.data.size() - req.sent;
+      ++count;
+    }
+    if (!owner.socket_) {
+      sigpipe_guard guard;
+      ssize_t n = sys::retry([&] { return ::writev(owner.fd_.get(), iov, count); });
+      if (n < 0) {
+        const int err = errno;
+        if (err == EPIPE) guard.consume();
+        return fail(errno_code(err));
+      }
+      return static_cast<std::size_t>(n);
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_write)];
+    if (!first.fds.empty()) {
+      const std::size_t bytes = sizeof(int) * first.fds.size();
+      std::memset(control, 0, sizeof control);
+      msg.msg_control = control;
+      msg.msg_controllen = CMSG_SPACE(bytes);
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      if (c == nullptr) return fail(errno_code(EINVAL));  // cannot happen: the buffer fits
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(bytes);
+      unsigned char* out = CMSG_DATA(c);
+      for (const unique_fd& fd : first.fds) {
+        const int raw = fd.get();
+        std::memcpy(out, &raw, sizeof raw);
+        out += sizeof raw;
+      }
+    }
+    return sys::sendmsg(owner.fd_.get(), &msg, MSG_NOSIGNAL);
+  }
+
+  void flush() noexcept {
+    std::vector<stream::write_callback> done;
+    while (!queue.empty()) {
+      auto n = send_front();
+      if (!n) {
+        if (n.error() == std::errc::resource_unavailable_try_again ||
+            n.error() == std::errc::operation_would_block) {
+          want_writable = true;
+          update();
+          return;
+        }
+        fail_all(n.error());
+        return;
+      }
+      queue.front().fds.clear();  // they went with the first byte of this sendmsg
+      std::size_t left = *n;
+      queued_bytes -= left;
+      while (left > 0 || (!queue.empty() && queue.front().sent == queue.front().data.size())) {
+        write_req& req = queue.front();
+        const std::size_t take = std::min(left, req.data.size() - req.sent);
+        req.sent += take;
+        left -= take;
+        auto it = req.callbacks.begin();
+        while (it != req.callbacks.end() && it->first <= req.sent) {
+          if (it->second) done.push_back(std::move(it->second));
+          ++it;
+        }
+        req.callbacks.erase(req.callbacks.begin(), it);
+        if (req.sent < req.data.size()) break;
+        queue.pop_front();
+      }
+      if (!done.empty()) break;  // run callbacks before writing more: they may close
+    }
+    if (queue.empty()) want_writable = false;
+    const bool drained = above_high && queued_bytes <= low;
+    if (drained) above_high = false;
+    update();
+    call_guard guard(destroyed);
+    for (auto& cb : done) {
+      cb({});
+      if (guard.gone) return;
+    }
+    if (drained && owner.drain_cb_) {
+      // Held here while it runs: it may replace itself with on_drain().
+      auto cb = std::move(owner.drain_cb_);
+      owner.drain_cb_ = nullptr;
+      cb();
+      if (guard.gone) return;
+      if (!owner.drain_cb_) owner.drain_cb_ = std::move(cb);
+    }
+    if (!queue.empty()) {
+      if (!want_writable) impl().defer(flush_task);
+    } else if (shutdown_requested && owner.fd_.is_open()) {
+      do_shutdown();
+    }
+  }
+
+  void do_shutdown() noexcept {
+    shutdown_requested = false;
+    shut = true;
+    std::error_code ec;
+    if (owner.socket_) {
+      if (::shutdown(owner.fd_.get(), SHUT_WR) != 0) ec = sys::last_error();
+    } else {
+      // A pipe has one direction: half-closing its write end is closing it.
+      watcher.stop();
+      owner.fd_.reset();
+    }
+    update();
+    auto cb = std::move(shutdown_cb);
+    if (cb) cb(ec);
+  }
+
+  void fail_all(std::error_code ec) noexcept {
+    std::deque<write_req> failed;
+    failed.swap(queue);
+    queued_bytes = 0;
+    want_writable = false;
+    write_error = ec;
+    auto shutdown_done = std::move(shutdown_cb);
+    const bool had_shutdown = shutdown_requested;
+    shutdown_requested = false;
+    update();
+    call_guard guard(destroyed);
+    for (write_req& req : failed) {
+      for (auto& [end, cb] : req.callbacks) {
+        if (cb) cb(ec);
+        if (guard.gone) return;
+      }
+    }
+    if (had_shutdown && shutdown_done) shutdown_done(ec);
+  }
+
+  void read_some() noexcept {
+    call_guard guard(destroyed);
+    for (int i = 0; i < reads_per_event && owner.reading_; ++i) {
+      std::size_t got = 0;
+      std::error_code ec;
+      bool carried_fds = false;
+      if (owner.unix_socket_) {
+        iovec iov{read_buf.data(), read_buf.size()};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_write)];
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        auto n = sys::recvmsg(owner.fd_.get(), &msg, MSG_CMSG_CLOEXEC);
+        if (!n) {
+          ec = n.error();
+        } else {
+          got = *n;
+          // Wrap every descriptor at once, so each path below closes what it does not hand on.
+          for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            const unsigned char* in = CMSG_DATA(c);
+            for (std::size_t k = 0; k < count; ++k) {
+              int raw;
+              std::memcpy(&raw, in + k * sizeof raw, sizeof raw);
+              fds.emplace_back(raw);
+            }
+          }
+          carried_fds = !fds.empty();
+          if (msg.msg_flags & MSG_CTRUNC) {
+            fds.clear();
+            ec = errc::message_truncated;
+          }
+        }
+      } else {
+        auto n = sys::read(owner.fd_.get(), read_buf.data(), read_buf.size());
+        if (!n) {
+          ec = n.error();
+        } else {
+          got = *n;
+        }
+      }
+      if (ec == std::errc::resource_unavailable_try_again ||
+          ec == std::errc::operation_would_block) {
+        break;
+      }
+      const bool end = !ec && got == 0;
+      if (end) ec = errc::eof;
+      if (end || (ec && ec != errc::message_truncated)) {
+        // The stream cannot be read any further: stop before telling the callback.
+        auto cb = std::move(owner.read_cb_);
+        owner.read_cb_ = nullptr;
+        owner.reading_ = false;
+        update();
+        cb(ec, {}, {});
+        return;
+      }
+      // Held here while it runs: it may call read_stop() or read_start() with a new callback,
+      // which must not destroy the function that is running.
+      auto cb = std::move(owner.read_cb_);
+      owner.read_cb_ = nullptr;
+      cb(ec, std::span<const std::byte>(read_buf.data(), got), std::span(fds));
+      if (guard.gone) return;
+      if (owner.reading_ && !owner.read_cb_) owner.read_cb_ = std::move(cb);
+      fds.clear();
+      // A short read drained the socket, except after descriptors: the kernel ends a read at
+      // a message that carried some, and more may follow.
+      if (got < read_buf.size() && !carried_fds) break;
+    }
+  }
+
+  stream& owner;
+  io_watcher watcher;
+  deferred_task flush_task;
+  std::deque<write_req> queue;
+  std::size_t queued_bytes = 0;
+  std::size_t high = 64 * 1024;
+  std::size_t low = 16 * 1024;
+  bool above_high = false;
+  bool want_writable = false;  // a write hit EAGAIN: wait for the kernel, not the next round
+  bool shutdown_requested = false;
+  bool shut = false;
+  bool closed = false;
+  stream::write_callback shutdown_cb;
+  std::error_code write_error;  // once set, later writes fail with it
+  std::error_code pending_error;
+  call_guard* destroyed = nullptr;  // the innermost frame that is calling user code
+  std::vector<std::byte> read_buf = std::vector<std::byte>(read_buffer_size);
+  std::vector<unique_fd> fds;
+};
+
+}  // namespace detail
+
+stream::stream(loop& l) : handle(l) {}
+
+stream::~stream() {
+  if (state_) {
+    detail::call_guard::mark_all(state_->destroyed);
+    loop_impl().cancel(state_->flush_task);
+    state_->watcher.stop();
+  }
+  set_active(false);
+}
+
+result<void> stream::open(unique_fd fd) noexcept {
+  if (fd_.is_open()) return fail(errno_code(EISCONN));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return fail(sys::last_error());
+  bool socket = false, unix_socket = false;
+  if (S_ISSOCK(st.st_mode)) {
+    int type = 0, listening = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+      return fail(sys::last_error());
+    }
+    len = sizeof listening;
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
+      return fail(sys::last_error());
+    }
+    if (type != SOCK_STREAM || listening != 0) return fail(errno_code(EINVAL));
+    sockaddr_storage addr{};
+    len = sizeof addr;
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return fail(sys::last_error());
+    }
+    socket = true;
+    unix_socket = addr.ss_family == AF_UNIX;
+  } else if (!S_ISFIFO(st.st_mode)) {
+    return fail(errno_code(EINVAL));
+  }
+  if (auto r = sys::set_nonblocking(fd.get(), true); !r) return fail(r.error());
+  // Reopening after close(): the old state's callbacks were already cancelled.
+  if (state_) {
+    loop_impl().cancel(state_->flush_task);
+    state_.reset();
+  }
+  socket_ = socket;
+  unix_socket_ = unix_socket;
+  fd_ = std::move(fd);
+  state_ = std::make_unique<detail::stream_state>(*this, loop_impl(), fd_.get());
+  return {};
+}
+
+result<void> stream::read_start(read_callback cb) noexcept {
+  if (!fd_.is_open()) return fail(errno_code(EBADF));
+  if (!cb) return fail(errno_code(EINVAL));
+  read_cb_ = std::move(cb);
+  reading_ = true;
+  state_->update();
+  if (state_->pending_error) {
+    read_cb_ = nullptr;
+    reading_ = false;
+    state_->update();
+    return fail(std::exchange(state_->pending_error, {}));
+  }
+  return {};
+}
+
+void stream::read_stop() noexcept {
+  if (!reading_) return;
+  reading_ = false;
+  read_cb_ = nullptr;
+  if (state_) state_->update();
+}
+
+namespace {
+
+// Completes a write that could not even be queued: its callback runs on a later iteration
+// (never inside write()), with the error.
+void fail_later(detail::loop_impl& l, stream::write_callback cb, std::error_code ec) {
+  if (cb) l.post([cb = std::move(cb), ec] { cb(ec); });
+}
+
+}  // namespace
+
+bool stream::write(std::span<const std::byte> data, write_callback cb) {
+  return write(std::vector<std::byte>(data.begin(), data.end()), std::move(cb));
+}
+
+bool stream::write(std::vector<std::byte>&& data, write_callback cb) {
+  KIN_ASSERT(state_ != nullptr, "kin::stream::write on a stream that was never opened");
+  detail::stream_state& s = *state_;
+  if (s.closed || s.shut || s.shutdown_requested || s.write_error) {
+    fail_later(loop_impl(), std::move(cb), s.write_error ? s.write_error : errno_code(EPIPE));
+    return !s.above_high;
+  }
+  const std::size_t n = data.size();
+  detail::write_req* tail = s.queue.empty() ? nullptr : &s.queue.back();
+  if (tail != nullptr && n < detail::coalesce_below &&
+      tail->data.size() + n <= detail::coalesce_limit) {
+    tail->data.insert(tail->data.end(), data.begin(), data.end());
+    if (cb) tail->callbacks.emplace_back(tail->data.size(), std::move(cb));
+  } else {
+    detail::write_req req;
+    req.data = std::move(data);
+    if (cb) req.callbacks.emplace_back(req.data.size(), std::move(cb));
+    s.queue.push_back(std::move(req));
+  }
+  s.queued_bytes += n;
+  if (s.queued_bytes > s.high) s.above_high = true;
+  s.schedule_flush();
+  return !s.above_high;
+}
+
+bool stream::write(std::span<const std::byte> data, std::vector<unique_fd> fds, write_callback cb) {
+  KIN_ASSERT(state_ != nullptr, "kin::stream::write on a stream that was never opened");
+  detail::stream_state& s = *state_;
+  if (!unix_socket_ || data.empty() || fds.empty() || fds.size() > max_fds_per_write) {
+    fds.clear();
+    fail_later(loop_impl(), std::move(cb), errno_code(EINVAL));
+    return !s.above_high;
+  }
+  if (s.closed || s.shut || s.shutdown_requested || s.write_error) {
+    fds.clear();
+    fail_later(loop_impl(), std::move(cb), s.write_error ? s.write_error : errno_code(EPIPE));
+    return !s.above_high;
+  }
+  detail::write_req req;
+  req.data.assign(data.begin(), data.end());
+  req.fds = std::move(fds);
+  if (cb) req.callbacks.emplace_back(req.data.size(), std::move(cb));
+  s.queue.push_back(std::move(req));
+  s.queued_bytes += data.size();
+  if (s.queued_bytes > s.high) s.above_high = true;
+  s.schedule_flush();
+  return !s.above_high;
+}
+
+result<std::size_t> stream::try_write(std::span<const std::byte> data) noexcept {
+  if (!fd_.is_open() || !state_ || state_->shut) return fail(errno_code(EPIPE));
+  if (!state_->queue.empty()) return fail(errno_code(EAGAIN));
+  if (socket_) {
+    ssize_t n =
+        sys::retry([&] { return ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL); });
+    if (n < 0) return fail(sys::last_error());
+    return static_cast<std::size_t>(n);
+  }
+  detail::sigpipe_guard guard;
+  ssize_t n = sys::retry([&] { return ::write(fd_.get(), data.data(), data.size()); });
+  if (n < 0) {
+    const int err = errno;
+    if (err == EPIPE) guard.consume();
+    return fail(errno_code(err));
+  }
+  return static_cast<std::size_t>(n);
+}
+
+void stream::shutdown(write_callback cb) {
+  KIN_ASSERT(state_ != nullptr, "kin::stream::shutdown on a stream that was never opened");
+  detail::stream_state& s = *state_;
+  if (s.closed || s.shut || s.shutdown_requested) {
+    fail_later(loop_impl(), std::move(cb),
+               errno_code(s.shut || s.shutdown_requested ? EALREADY : EPIPE));
+    return;
+  }
+  if (s.write_error) {
+    fail_later(loop_impl(), std::move(cb), s.write_error);
+    return;
+  }
+  s.shutdown_requested = true;
+  s.shutdown_cb = std::move(cb);
+  s.schedule_flush();
+}
+
+void stream::close(std::function<void()> cb) {
+  std::vector<write_callback> cancelled;
+  if (state_) {
+    detail::stream_state& s = *state_;
+    loop_impl().cancel(s.flush_task);
+    s.watcher.stop();
+    for (auto& req : s.queue) {
+      for (auto& entry : req.callbacks) {
+        if (entry.second) cancelled.push_back(std::move(entry.second));
+      }
+    }
+    s.queue.clear();
+    s.queued_bytes = 0;
+    if (s.shutdown_cb) cancelled.push_back(std::move(s.shutdown_cb));
+    s.shutdown_requested = false;
+    s.want_writable = false;
+    s.closed = true;
+  }
+  read_cb_ = nullptr;
+  reading_ = false;
+  fd_.reset();
+  set_active(false);
+  if (!cancelled.empty() || cb) {
+    loop_impl().post([cancelled = std::move(cancelled), cb = std::move(cb)] {
+      for (const auto& c : cancelled) c(std::make_error_code(std::errc::operation_canceled));
+      if (cb) cb();
+    });
+  }
+}
+
+void stream::set_water_marks(std::size_t high, std::size_t low) noexcept {
+  KIN_ASSERT(low <= high, "kin::stream::set_water_marks: low above high");
+  if (!state_) return;
+  state_->high = high;
+  state_->low = low;
+}
+
+std::size_t stream::write_queue_size() const noexcept { return state_ ? state_->queued_bytes : 0; }
+
+}  // namespace kin

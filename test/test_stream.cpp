@@ -1,0 +1,522 @@
+// Tests of kin::stream over socketpairs and pipes: ordering, batching, descriptors with bytes,
+// truncated control messages, water marks, half-close, close, and errors without signals.
+#include "catch.hpp"
+
+#include <kin/fd.hpp>
+#include <kin/loop.hpp>
+#include <kin/stream.hpp>
+
+#include "helpers/process_state.hpp"
+#include "posix/sys.hpp"
+
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+std::span<const std::byte> bytes_of(const std::string& s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
+
+std::pair<kin::unique_fd, kin::unique_fd> socket_pair() {
+  auto sp = kin::make_socketpair();
+  REQUIRE(sp);
+  return std::move(*sp);
+}
+
+// Collects everything a stream reads until EOF or an error.
+struct collector {
+  std::string data;
+  std::vector<kin::unique_fd> fds;
+  // The span of `data` read together with each batch of descriptors: the kernel hands them up
+  // with the read that includes their write's first byte, which may begin with earlier bytes.
+  std::vector<std::pair<std::size_t, std::size_t>> fd_chunks;
+  std::error_code end;
+  std::vector<std::error_code> errors;
+
+  kin::stream::read_callback callback() {
+    return [this](std::error_code ec, std::span<const std::byte> bytes,
+                  std::span<kin::unique_fd> got) {
+      if (ec == kin::errc::eof || (ec && ec != kin::errc::message_truncated)) {
+        end = ec;
+        return;
+      }
+      if (ec) errors.push_back(ec);
+      if (!got.empty()) fd_chunks.emplace_back(data.size(), data.size() + bytes.size());
+      for (auto& fd : got) fds.push_back(std::move(fd));
+      data.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    };
+  }
+};
+
+std::string pattern(std::size_t n, std::size_t seed = 0) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + seed) % 26);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("bytes written arrive in order and write callbacks complete in order", "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream writer(l), reader(l);
+  REQUIRE(writer.open(std::move(a)));
+  REQUIRE(reader.open(std::move(b)));
+  collector got;
+  REQUIRE(reader.read_start(got.callback()));
+  std::string expected;
+  std::vector<int> completed;
+  // Small writes (copied and batched) mixed with large owned buffers.
+  for (int i = 0; i < 2000; ++i) {
+    std::string chunk = i % 100 == 0 ? pattern(100'000, static_cast<std::size_t>(i))
+                                     : pattern(static_cast<std::size_t>(i % 50 + 1));
+    expected += chunk;
+    auto done = [&completed, i](std::error_code ec) {
+      CHECK(!ec);
+      completed.push_back(i);
+    };
+    if (i % 2 == 0) {
+      std::vector<std::byte> owned(chunk.size());
+      std::memcpy(owned.data(), chunk.data(), chunk.size());
+      writer.write(std::move(owned), done);
+    } else {
+      writer.write(bytes_of(chunk), done);
+    }
+  }
+  CHECK(writer.write_queue_size() == expected.size());
+  writer.shutdown([&](std::error_code ec) { CHECK(!ec); });
+  l.run();
+  CHECK(got.end == kin::errc::eof);
+  CHECK(got.data == expected);
+  REQUIRE(completed.size() == 2000);
+  for (int i = 0; i < 2000; ++i) CHECK(completed[static_cast<std::size_t>(i)] == i);
+  CHECK(writer.write_queue_size() == 0);
+}
+
+TEST_CASE("descriptors travel with the first byte of their write and are closed once sent",
+          "[stream]") {
+  const auto fds_before = kin_test::open_fds();
+  {
+    kin::loop l;
+    auto [a, b] = socket_pair();
+    kin::stream writer(l), reader(l);
+    REQUIRE(writer.open(std::move(a)));
+    REQUIRE(reader.open(std::move(b)));
+    REQUIRE(writer.can_pass_fds());
+    collector got;
+    REQUIRE(reader.read_start(got.callback()));
+
+    auto p = kin::make_pipe();
+    REQUIRE(p);
+    writer.write(std::string_view("before|"));
+    std::vector<kin::unique_fd> fds;
+    fds.push_back(std::move(p->write));
+    std::string msg = "with-fd|";
+    writer.write(bytes_of(msg), std::move(fds), [](std::error_code ec) { CHECK(!ec); });
+    writer.write(std::string_view("after"));
+    writer.shutdown();
+    l.run();
+    CHECK(got.data == "before|with-fd|after");
+    REQUIRE(got.fds.size() == 1);
+    REQUIRE(got.fd_chunks.size() == 1);
+    const std::size_t first_byte = std::strlen("before|");
+    CHECK(got.fd_chunks[0].first <= first_byte);
+    CHECK(first_byte < got.fd_chunks[0].second);
+    // The sender's copy is closed; the received one is close-on-exec and works.
+    CHECK((::fcntl(got.fds[0].get(), F_GETFD) & FD_CLOEXEC) != 0);
+    REQUIRE(::write(got.fds[0].get(), "x", 1) == 1);
+    char c = 0;
+    REQUIRE(::read(p->read.get(), &c, 1) == 1);
+    CHECK(c == 'x');
+  }
+  CHECK(kin_test::open_fds() == fds_before);
+}
+
+TEST_CASE("a large write with descriptors that needs many sendmsg calls sends them once",
+          "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream writer(l), reader(l);
+  REQUIRE(writer.open(std::move(a)));
+  REQUIRE(reader.open(std::move(b)));
+  collector got;
+  const std::string big = pattern(4 * 1024 * 1024);
+  constexpr int writes = 5, per_write = 16;
+  for (int w = 0; w < writes; ++w) {
+    std::vector<kin::unique_fd> fds;
+    for (int i = 0; i < per_write; ++i) {
+      auto d = kin::sys::dup_cloexec(0);
+      REQUIRE(d);
+      fds.push_back(std::move(*d));
+    }
+    writer.write(bytes_of(big), std::move(fds));
+  }
+  writer.shutdown();
+  // Read slowly: the writer's sendmsg calls are cut short by the full socket buffer.
+  kin::timer pace(l);
+  bool reading = false;
+  pace.set_callback([&] {
+    if (reading) {
+      reader.read_stop();
+    } else {
+      REQUIRE(reader.read_start(got.callback()));
+    }
+    reading = !reading;
+    if (got.end) pace.stop();
+  });
+  REQUIRE(pace.start(0ms, 1ms));
+  l.run();
+  CHECK(got.end == kin::errc::eof);
+  CHECK(got.data.size() == big.size() * writes);
+  CHECK(got.fds.size() == static_cast<std::size_t>(writes * per_write));
+  CHECK(got.errors.empty());
+  REQUIRE(got.fd_chunks.size() == static_cast<std::size_t>(writes));
+  for (std::size_t w = 0; w < writes; ++w) {
+    const std::size_t first_byte = big.size() * w;  // each write's descriptors ride on it
+    CHECK(got.fd_chunks[w].first <= first_byte);
+    CHECK(first_byte < got.fd_chunks[w].second);
+  }
+}
+
+TEST_CASE("descriptors the receiver cannot take arrive as message_truncated, leaking nothing",
+          "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream writer(l), reader(l);
+  REQUIRE(writer.open(std::move(a)));
+  REQUIRE(reader.open(std::move(b)));
+  collector got;
+  std::vector<kin::unique_fd> fds;
+  for (int i = 0; i < 4; ++i) {
+    auto d = kin::sys::dup_cloexec(0);
+    REQUIRE(d);
+    fds.push_back(std::move(*d));
+  }
+  writer.write(std::string_view("first"));
+  std::string msg = "second";
+  writer.write(bytes_of(msg), std::move(fds));
+  // Send everything, then receive at RLIMIT_NOFILE: the kernel cannot install the fds.
+  while (writer.write_queue_size() != 0) l.run_nowait();
+  const auto before = kin_test::open_fds();
+  {
+    kin_test::fd_limit full(0);
+    REQUIRE(reader.read_start(got.callback()));
+    l.run_nowait();
+    reader.read_stop();
+  }
+  CHECK(kin_test::open_fds() == before);
+  CHECK(got.data == "firstsecond");
+  REQUIRE(got.errors.size() == 1);
+  CHECK(got.errors[0] == kin::errc::message_truncated);
+  CHECK(got.fds.empty());
+  // The stream is still usable for later messages with descriptors.
+  std::vector<kin::unique_fd> more;
+  auto d = kin::sys::dup_cloexec(0);
+  REQUIRE(d);
+  more.push_back(std::move(*d));
+  writer.write(bytes_of("third"), std::move(more));
+  writer.shutdown();
+  REQUIRE(reader.read_start(got.callback()));
+  l.run();
+  CHECK(got.data == "firstsecondthird");
+  CHECK(got.fds.size() == 1);
+}
+
+TEST_CASE("writes that cannot carry descriptors fail with EINVAL and close them", "[stream]") {
+  kin::loop l;
+  const auto before = kin_test::open_fds();
+  auto p = kin::make_pipe();
+  REQUIRE(p);
+  auto sp = socket_pair();
+  kin::stream on_pipe(l), on_socket(l);
+  REQUIRE(on_pipe.open(std::move(p->write)));
+  REQUIRE(on_socket.open(std::move(sp.first)));
+  CHECK_FALSE(on_pipe.can_pass_fds());
+  std::vector<std::error_code> results;
+  auto record = [&](std::error_code ec) { results.push_back(ec); };
+  auto some_fds = [](std::size_t n) {
+    std::vector<kin::unique_fd> v;
+    for (std::size_t i = 0; i < n; ++i) v.emplace_back(::fcntl(0, F_DUPFD_CLOEXEC, 0));
+    return v;
+  };
+  on_pipe.write(bytes_of("x"), some_fds(1), record);                   // not a Unix socket
+  on_socket.write(std::span<const std::byte>(), some_fds(1), record);  // no byte to ride on
+  on_socket.write(bytes_of("x"), some_fds(0), record);                 // nothing to carry
+  on_socket.write(bytes_of("x"), some_fds(kin::max_fds_per_write + 1), record);  // too many
+  CHECK(results.empty());  // never reported from inside write()
+  l.run();
+  REQUIRE(results.size() == 4);
+  for (auto ec : results) CHECK(ec == std::errc::invalid_argument);
+  on_pipe.close();
+  on_socket.close();
+  sp.second.reset();
+  p->read.reset();
+  l.run();
+  CHECK(kin_test::open_fds() == before);
+}
+
+TEST_CASE("writing to a pipe whose reader is gone reports EPIPE instead of raising SIGPIPE",
+          "[stream]") {
+  struct sigaction dfl = {}, previous = {};
+  dfl.sa_handler = SIG_DFL;
+  REQUIRE(::sigaction(SIGPIPE, &dfl, &previous) == 0);  // SIGPIPE would kill the process
+  kin::loop l;
+  auto p = kin::make_pipe();
+  REQUIRE(p);
+  kin::stream writer(l);
+  REQUIRE(writer.open(std::move(p->write)));
+  p->read.reset();
+  std::error_code queued, later;
+  writer.write(std::string_view("into the void"), [&](std::error_code ec) { queued = ec; });
+  l.run();
+  CHECK(queued == std::errc::broken_pipe);
+  writer.write(std::string_view("again"), [&](std::error_code ec) { later = ec; });
+  l.run();
+  CHECK(later == std::errc::broken_pipe);
+  auto direct = writer.try_write(bytes_of("x"));
+  REQUIRE_FALSE(direct);
+  CHECK(direct.error() == std::errc::broken_pipe);
+  sigset_t pending;
+  sigpending(&pending);
+  CHECK_FALSE(sigismember(&pending, SIGPIPE));
+  REQUIRE(::sigaction(SIGPIPE, &previous, nullptr) == 0);
+}
+
+TEST_CASE("writing to a socket whose peer is gone reports an error, not a signal", "[stream]") {
+  struct sigaction dfl = {}, previous = {};
+  dfl.sa_handler = SIG_DFL;
+  REQUIRE(::sigaction(SIGPIPE, &dfl, &previous) == 0);
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream writer(l);
+  REQUIRE(writer.open(std::move(a)));
+  b.reset();
+  std::error_code result;
+  writer.write(bytes_of(pattern(1 << 20)), [&](std::error_code ec) { result = ec; });
+  l.run();
+  CHECK((result == std::errc::broken_pipe || result == std::errc::connection_reset));
+  REQUIRE(::sigaction(SIGPIPE, &previous, nullptr) == 0);
+}
+
+TEST_CASE("the water marks bound the queue of a writer that heeds them", "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream writer(l), reader(l);
+  REQUIRE(writer.open(std::move(a)));
+  REQUIRE(reader.open(std::move(b)));
+  constexpr std::size_t high = 256 * 1024, low = 64 * 1024, chunk = 16 * 1024;
+  constexpr std::size_t total = 64ull * 1024 * 1024;
+  writer.set_water_marks(high, low);
+  std::size_t written = 0, largest_queue = 0, drains = 0;
+  auto pump = [&] {
+    while (written < total) {
+      std::vector<std::byte> buf(chunk);
+      for (std::size_t i = 0; i < chunk; ++i) {
+        buf[i] = static_cast<std::byte>((written + i) % 251);
+      }
+      written += chunk;
+      const bool more = writer.write(std::move(buf));
+      largest_queue = std::max(largest_queue, writer.write_queue_size());
+      if (!more) return;
+    }
+    writer.shutdown();
+  };
+  writer.on_drain([&] {
+    ++drains;
+    CHECK(writer.write_queue_size() <= low);
+    pump();
+  });
+  // The reader checks every byte and reads slowly: it pauses after every 1 MiB.
+  std::size_t received = 0, mismatches = 0, since_pause = 0;
+  std::error_code end;
+  kin::timer resume(l);
+  kin::stream::read_callback on_read = [&](std::error_code ec, std::span<const std::byte> data,
+                                           std::span<kin::unique_fd>) {
+    if (ec) {
+      end = ec;
+      return;
+    }
+    for (std::byte v : data) {
+      if (v != static_cast<std::byte>(received % 251)) ++mismatches;
+      ++received;
+    }
+    since_pause += data.size();
+    if (since_pause >= (1u << 20)) {
+      since_pause = 0;
+      reader.read_stop();
+      REQUIRE(resume.start(1ms));
+    }
+  };
+  resume.set_callback([&] { REQUIRE(reader.read_start(on_read)); });
+  REQUIRE(reader.read_start(on_read));
+  pump();
+  l.run();
+  CHECK(end == kin::errc::eof);
+  CHECK(received == total);
+  CHECK(mismatches == 0);
+  CHECK(drains > 0);
+  CHECK(largest_queue <= high + chunk);
+}
+
+TEST_CASE("shutdown half-closes after the queue drains; later writes fail with EPIPE", "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream writer(l), reader(l);
+  REQUIRE(writer.open(std::move(a)));
+  REQUIRE(reader.open(std::move(b)));
+  collector got;
+  REQUIRE(reader.read_start(got.callback()));
+  std::optional<std::error_code> shut;
+  writer.write(std::string_view("last words"));
+  writer.shutdown([&](std::error_code ec) { shut = ec; });
+  std::error_code late;
+  writer.write(std::string_view("too late"), [&](std::error_code ec) { late = ec; });
+  l.run();
+  REQUIRE(shut);
+  CHECK(!*shut);
+  CHECK(got.data == "last words");
+  CHECK(got.end == kin::errc::eof);
+  CHECK(late == std::errc::broken_pipe);
+  // Half-closed, not closed: the other direction still works.
+  collector back;
+  REQUIRE(writer.read_start(back.callback()));
+  reader.write(std::string_view("reply"));
+  reader.shutdown();
+  l.run();
+  CHECK(back.data == "reply");
+}
+
+TEST_CASE("close cancels queued writes before its own callback", "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream writer(l);
+  REQUIRE(writer.open(std::move(a)));
+  std::vector<std::string> events;
+  writer.write(std::string_view("one"), [&](std::error_code ec) {
+    events.push_back(ec == std::errc::operation_canceled ? "cancelled" : "sent");
+  });
+  writer.close([&] { events.push_back("closed"); });
+  CHECK_FALSE(writer.is_open());
+  l.run();
+  CHECK(events == std::vector<std::string>{"cancelled", "closed"});
+  char c;
+  CHECK(::read(b.get(), &c, 1) == 0);  // nothing was sent, and the peer sees the close
+}
+
+TEST_CASE("a stream can be destroyed from its own read callback", "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  auto reader = std::make_unique<kin::stream>(l);
+  REQUIRE(reader->open(std::move(a)));
+  int calls = 0;
+  REQUIRE(reader->read_start(
+      [&](std::error_code, std::span<const std::byte>, std::span<kin::unique_fd>) {
+        ++calls;
+        reader.reset();
+      }));
+  REQUIRE(::write(b.get(), "abc", 3) == 3);
+  l.run();
+  CHECK(calls == 1);
+  CHECK(reader == nullptr);
+}
+
+TEST_CASE("open accepts stream sockets and pipes and refuses everything else", "[stream]") {
+  kin::loop l;
+  kin::stream s(l);
+  SECTION("a regular file") {
+    kin::unique_fd f(::open("/proc/self/exe", O_RDONLY | O_CLOEXEC));
+    auto r = s.open(std::move(f));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::invalid_argument);
+  }
+  SECTION("a datagram socket") {
+    auto dg = kin::make_socketpair(kin::socket_type::datagram);
+    REQUIRE(dg);
+    auto r = s.open(std::move(dg->first));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::invalid_argument);
+  }
+  SECTION("a listening socket") {
+    auto sock = kin::sys::socket(AF_UNIX, SOCK_STREAM, 0);
+    REQUIRE(sock);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;  // autobind to an abstract name
+    REQUIRE(::bind(sock->get(), reinterpret_cast<sockaddr*>(&addr), sizeof(sa_family_t)) == 0);
+    REQUIRE(::listen(sock->get(), 1) == 0);
+    auto r = s.open(std::move(*sock));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::invalid_argument);
+  }
+  SECTION("a closed descriptor") {
+    auto r = s.open(kin::unique_fd(987654));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::bad_file_descriptor);
+  }
+  SECTION("a pipe end and then a second open") {
+    auto p = kin::make_pipe();
+    REQUIRE(p);
+    REQUIRE(s.open(std::move(p->read)));
+    CHECK((::fcntl(s.fd(), F_GETFL) & O_NONBLOCK) != 0);
+    auto again = s.open(std::move(p->write));
+    REQUIRE_FALSE(again);
+    CHECK(again.error() == std::errc::already_connected);
+  }
+  CHECK_FALSE(l.is_alive());
+}
+
+TEST_CASE("try_write writes at once, and refuses while writes are queued", "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream s(l);
+  REQUIRE(s.open(std::move(a)));
+  auto n = s.try_write(bytes_of("now"));
+  REQUIRE(n);
+  CHECK(*n == 3);
+  char buf[3];
+  REQUIRE(::read(b.get(), buf, 3) == 3);
+  s.write(std::string_view("queued"));
+  auto refused = s.try_write(bytes_of("x"));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error() == std::errc::resource_unavailable_try_again);
+  l.run();
+}
+
+TEST_CASE("a read callback may stop reading or replace itself while it runs", "[stream]") {
+  kin::loop l;
+  auto [a, b] = socket_pair();
+  kin::stream reader(l);
+  REQUIRE(reader.open(std::move(a)));
+  std::string first, second;
+  std::string big_capture(1000, 'x');  // big enough that the callback lives on the heap
+  REQUIRE(reader.read_start([&, big_capture](std::error_code ec, std::span<const std::byte> d,
+                                             std::span<kin::unique_fd>) {
+    REQUIRE(!ec);
+    first.append(reinterpret_cast<const char*>(d.data()), d.size());
+    // Replacing the running callback must not destroy it under our feet.
+    REQUIRE(reader.read_start(
+        [&](std::error_code ec2, std::span<const std::byte> d2, std::span<kin::unique_fd>) {
+          if (ec2) return;
+          second.append(reinterpret_cast<const char*>(d2.data()), d2.size());
+          reader.read_stop();
+        }));
+    first += big_capture.substr(0, 1);  // touches the captures after the replacement
+  }));
+  REQUIRE(::write(b.get(), "one", 3) == 3);
+  l.run_once();
+  REQUIRE(::write(b.get(), "two", 3) == 3);
+  l.run();
+  CHECK(first == "onex");
+  CHECK(second == "two");
+  CHECK_FALSE(reader.is_reading());
+}
