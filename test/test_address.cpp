@@ -2,6 +2,8 @@
 // real sockets (127.0.0.1, ::1 and Unix sockets only).
 #include "catch.hpp"
 
+#include "helpers/temp_dir.hpp"
+
 #include <kin/address.hpp>
 #include <kin/fd.hpp>
 
@@ -28,26 +30,6 @@ using namespace std::literals;
 namespace {
 
 constexpr std::size_t sun_path_size = sizeof(sockaddr_un::sun_path);
-
-// A fresh directory under the system's temporary directory, removed with its contents.
-class temp_dir {
- public:
-  temp_dir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "kin-address-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 int bind_to(int fd, const kin::socket_address& a) {
   return ::bind(fd, static_cast<const sockaddr*>(a.data()), a.size());
@@ -402,7 +384,7 @@ TEST_CASE("a socketpair's ends have unnamed Unix addresses", "[address]") {
 
 TEST_CASE("a Unix socket bound to a path reports that path to itself and to its peer",
           "[address]") {
-  const temp_dir dir;
+  const kin_test::temp_dir dir("kin-address");
   const std::string path = (dir.path() / "kin.sock").string();
   auto address = kin::socket_address::unix_path(path);
   REQUIRE(address);

@@ -1,6 +1,8 @@
 // Tests of detect_fd_kind: one real descriptor of every kind, and a closed one.
 #include "catch.hpp"
 
+#include "helpers/temp_dir.hpp"
+
 #include <kin/fd.hpp>
 #include <kin/fd_kind.hpp>
 
@@ -30,26 +32,6 @@
 #endif
 
 namespace {
-
-// A fresh directory under the system's temporary directory, removed with its contents.
-class temp_dir {
- public:
-  temp_dir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "kin-fd-kind-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // The kind of `fd`, or a test failure naming the error.
 kin::fd_kind kind_of(int fd) {
@@ -133,7 +115,7 @@ TEST_CASE("a UDP socket bound on the loopback address is a udp_socket", "[fd_kin
 
 TEST_CASE("a listening Unix stream or seqpacket socket is a unix_server", "[fd_kind]") {
   const int type = GENERATE(SOCK_STREAM, SOCK_SEQPACKET);
-  const temp_dir dir;
+  const kin_test::temp_dir dir("kin-fd-kind");
   const auto path = dir.path() / "server.sock";
   kin::unique_fd s = bound_unix(type, path);
   REQUIRE(::listen(s.get(), 4) == 0);
@@ -168,7 +150,7 @@ TEST_CASE("Unix stream, seqpacket and datagram sockets are told apart", "[fd_kin
 }
 
 TEST_CASE("a bound Unix datagram socket is a unix_datagram_socket", "[fd_kind]") {
-  const temp_dir dir;
+  const kin_test::temp_dir dir("kin-fd-kind");
   kin::unique_fd s = bound_unix(SOCK_DGRAM, dir.path() / "dgram.sock");
   CHECK(kind_of(s.get()) == kin::fd_kind::unix_datagram_socket);
 }
@@ -181,7 +163,7 @@ TEST_CASE("both ends of a pipe are pipes", "[fd_kind]") {
 }
 
 TEST_CASE("a FIFO made with mkfifo is a pipe", "[fd_kind]") {
-  const temp_dir dir;
+  const kin_test::temp_dir dir("kin-fd-kind");
   const auto path = dir.path() / "fifo";
   REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
   // O_NONBLOCK: opening the read end must not wait for a writer.
@@ -194,7 +176,7 @@ TEST_CASE("a FIFO made with mkfifo is a pipe", "[fd_kind]") {
 }
 
 TEST_CASE("a regular file is a file", "[fd_kind]") {
-  const temp_dir dir;
+  const kin_test::temp_dir dir("kin-fd-kind");
   auto f = kin::sys::open((dir.path() / "file").c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   REQUIRE(f);
   CHECK(kind_of(f->get()) == kin::fd_kind::file);
@@ -207,7 +189,7 @@ TEST_CASE("/dev/null is a character_device", "[fd_kind]") {
 }
 
 TEST_CASE("a directory opened with O_DIRECTORY is a directory", "[fd_kind]") {
-  const temp_dir dir;
+  const kin_test::temp_dir dir("kin-fd-kind");
   auto d = kin::sys::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY);
   REQUIRE(d);
   CHECK(kind_of(d->get()) == kin::fd_kind::directory);

@@ -34,6 +34,17 @@ std::pair<kin::unique_fd, kin::unique_fd> socket_pair() {
   return std::move(*sp);
 }
 
+// Two streams on the two ends of one Unix-domain socketpair.
+struct connected_streams {
+  explicit connected_streams(kin::loop& l) : writer(l), reader(l) {
+    auto [a, b] = socket_pair();
+    REQUIRE(writer.open(std::move(a)));
+    REQUIRE(reader.open(std::move(b)));
+  }
+  kin::stream writer;
+  kin::stream reader;
+};
+
 // Collects everything a stream reads until EOF or an error.
 struct collector {
   std::string data;
@@ -69,10 +80,9 @@ std::string pattern(std::size_t n, std::size_t seed = 0) {
 
 TEST_CASE("bytes written arrive in order and write callbacks complete in order", "[stream]") {
   kin::loop l;
-  auto [a, b] = socket_pair();
-  kin::stream writer(l), reader(l);
-  REQUIRE(writer.open(std::move(a)));
-  REQUIRE(reader.open(std::move(b)));
+  connected_streams pair(l);
+  kin::stream& writer = pair.writer;
+  kin::stream& reader = pair.reader;
   collector got;
   REQUIRE(reader.read_start(got.callback()));
   std::string expected;
@@ -146,10 +156,9 @@ TEST_CASE("descriptors travel with the first byte of their write and are closed 
 TEST_CASE("a large write with descriptors that needs many sendmsg calls sends them once",
           "[stream]") {
   kin::loop l;
-  auto [a, b] = socket_pair();
-  kin::stream writer(l), reader(l);
-  REQUIRE(writer.open(std::move(a)));
-  REQUIRE(reader.open(std::move(b)));
+  connected_streams pair(l);
+  kin::stream& writer = pair.writer;
+  kin::stream& reader = pair.reader;
   collector got;
   const std::string big = pattern(4 * 1024 * 1024);
   constexpr int writes = 5, per_write = 16;
@@ -192,10 +201,9 @@ TEST_CASE("a large write with descriptors that needs many sendmsg calls sends th
 TEST_CASE("descriptors the receiver cannot take arrive as message_truncated, leaking nothing",
           "[stream]") {
   kin::loop l;
-  auto [a, b] = socket_pair();
-  kin::stream writer(l), reader(l);
-  REQUIRE(writer.open(std::move(a)));
-  REQUIRE(reader.open(std::move(b)));
+  connected_streams pair(l);
+  kin::stream& writer = pair.writer;
+  kin::stream& reader = pair.reader;
   collector got;
   std::vector<kin::unique_fd> fds;
   for (int i = 0; i < 4; ++i) {
@@ -311,10 +319,9 @@ TEST_CASE("writing to a socket whose peer is gone reports an error, not a signal
 
 TEST_CASE("the water marks bound the queue of a writer that heeds them", "[stream]") {
   kin::loop l;
-  auto [a, b] = socket_pair();
-  kin::stream writer(l), reader(l);
-  REQUIRE(writer.open(std::move(a)));
-  REQUIRE(reader.open(std::move(b)));
+  connected_streams pair(l);
+  kin::stream& writer = pair.writer;
+  kin::stream& reader = pair.reader;
   constexpr std::size_t high = 256 * 1024, low = 64 * 1024, chunk = 16 * 1024;
   constexpr std::size_t total = 64ull * 1024 * 1024;
   writer.set_water_marks(high, low);
@@ -371,10 +378,9 @@ TEST_CASE("the water marks bound the queue of a writer that heeds them", "[strea
 
 TEST_CASE("shutdown half-closes after the queue drains; later writes fail with EPIPE", "[stream]") {
   kin::loop l;
-  auto [a, b] = socket_pair();
-  kin::stream writer(l), reader(l);
-  REQUIRE(writer.open(std::move(a)));
-  REQUIRE(reader.open(std::move(b)));
+  connected_streams pair(l);
+  kin::stream& writer = pair.writer;
+  kin::stream& reader = pair.reader;
   collector got;
   REQUIRE(reader.read_start(got.callback()));
   std::optional<std::error_code> shut;
