@@ -449,10 +449,15 @@ void fail_later(detail::loop_impl& l, stream::write_callback cb, std::error_code
 }  // namespace
 
 bool stream::write(std::span<const std::byte> data, write_callback cb) {
-  return write(std::vector<std::byte>(data.begin(), data.end()), std::move(cb));
+  return enqueue(data, nullptr, std::move(cb));
 }
 
 bool stream::write(std::vector<std::byte>&& data, write_callback cb) {
+  return enqueue(data, &data, std::move(cb));
+}
+
+bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
+                     write_callback cb) {
   KIN_ASSERT(state_ != nullptr, "kin::stream::write on a stream that was never opened");
   detail::stream_state& s = *state_;
   if (s.closed || s.shut || s.shutdown_requested || s.write_error) {
@@ -461,13 +466,22 @@ bool stream::write(std::vector<std::byte>&& data, write_callback cb) {
   }
   const std::size_t n = data.size();
   detail::write_req* tail = s.queue.empty() ? nullptr : &s.queue.back();
-  if (tail != nullptr && n < detail::coalesce_below &&
-      tail->data.size() + n <= detail::coalesce_limit) {
+  if (n < detail::coalesce_below) {
+    // Small writes are copied once, into the tail of the queue, to leave in one system call.
+    if (tail == nullptr || tail->data.size() + n > detail::coalesce_limit) {
+      s.queue.emplace_back();
+      tail = &s.queue.back();
+      tail->data.reserve(detail::coalesce_below);
+    }
     tail->data.insert(tail->data.end(), data.begin(), data.end());
     if (cb) tail->callbacks.emplace_back(tail->data.size(), std::move(cb));
   } else {
     detail::write_req req;
-    req.data = std::move(data);
+    if (owned != nullptr) {
+      req.data = std::move(*owned);
+    } else {
+      req.data.assign(data.begin(), data.end());
+    }
     if (cb) req.callbacks.emplace_back(req.data.size(), std::move(cb));
     s.queue.push_back(std::move(req));
   }
