@@ -144,6 +144,13 @@ struct stream_state {
       iov[count].iov_len = req.data.size() - req.sent;
       ++count;
     }
+    return write_vectored(iov, count, first.fds);
+  }
+
+  // One write of `count` buffers, with `passing` descriptors (if any) on its first byte:
+  // sendmsg(MSG_NOSIGNAL) on a socket, writev with SIGPIPE held off on a pipe.
+  result<std::size_t> write_vectored(iovec* iov, int count,
+                                     const std::vector<unique_fd>& passing) noexcept {
     if (!owner.socket_) {
       sigpipe_guard guard;
       ssize_t n = sys::retry([&] { return ::writev(owner.fd_.get(), iov, count); });
@@ -158,8 +165,8 @@ struct stream_state {
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_write)];
-    if (!first.fds.empty()) {
-      const std::size_t bytes = sizeof(int) * first.fds.size();
+    if (!passing.empty()) {
+      const std::size_t bytes = sizeof(int) * passing.size();
       std::memset(control, 0, sizeof control);
       msg.msg_control = control;
       msg.msg_controllen = CMSG_SPACE(bytes);
@@ -169,7 +176,7 @@ struct stream_state {
       c->cmsg_type = SCM_RIGHTS;
       c->cmsg_len = CMSG_LEN(bytes);
       unsigned char* out = CMSG_DATA(c);
-      for (const unique_fd& fd : first.fds) {
+      for (const unique_fd& fd : passing) {
         const int raw = fd.get();
         std::memcpy(out, &raw, sizeof raw);
         out += sizeof raw;
@@ -449,24 +456,34 @@ void fail_later(detail::loop_impl& l, stream::write_callback cb, std::error_code
 }  // namespace
 
 bool stream::write(std::span<const std::byte> data, write_callback cb) {
-  return enqueue(data, nullptr, std::move(cb));
+  return enqueue(data, nullptr, {}, std::move(cb));
 }
 
 bool stream::write(std::vector<std::byte>&& data, write_callback cb) {
-  return enqueue(data, &data, std::move(cb));
+  return enqueue(data, &data, {}, std::move(cb));
+}
+
+bool stream::write(std::span<const std::byte> data, std::vector<unique_fd> fds, write_callback cb) {
+  if (!unix_socket_ || data.empty() || fds.empty() || fds.size() > max_fds_per_write) {
+    fds.clear();
+    fail_later(loop_impl(), std::move(cb), errno_code(EINVAL));
+    return state_ == nullptr || !state_->above_high;
+  }
+  return enqueue(data, nullptr, std::move(fds), std::move(cb));
 }
 
 bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
-                     write_callback cb) {
+                     std::vector<unique_fd> fds, write_callback cb) {
   KIN_ASSERT(state_ != nullptr, "kin::stream::write on a stream that was never opened");
   detail::stream_state& s = *state_;
   if (s.closed || s.shut || s.shutdown_requested || s.write_error) {
+    fds.clear();
     fail_later(loop_impl(), std::move(cb), s.write_error ? s.write_error : errno_code(EPIPE));
     return !s.above_high;
   }
   const std::size_t n = data.size();
   detail::write_req* tail = s.queue.empty() ? nullptr : &s.queue.back();
-  if (n < detail::coalesce_below) {
+  if (n < detail::coalesce_below && fds.empty()) {
     // Small writes are copied once, into the tail of the queue, to leave in one system call.
     if (tail == nullptr || tail->data.size() + n > detail::coalesce_limit) {
       s.queue.emplace_back();
@@ -476,12 +493,14 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
     tail->data.insert(tail->data.end(), data.begin(), data.end());
     if (cb) tail->callbacks.emplace_back(tail->data.size(), std::move(cb));
   } else {
+    // A write with descriptors starts a request of its own: they ride on its first byte.
     detail::write_req req;
     if (owned != nullptr) {
       req.data = std::move(*owned);
     } else {
       req.data.assign(data.begin(), data.end());
     }
+    req.fds = std::move(fds);
     if (cb) req.callbacks.emplace_back(req.data.size(), std::move(cb));
     s.queue.push_back(std::move(req));
   }
@@ -491,47 +510,11 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
   return !s.above_high;
 }
 
-bool stream::write(std::span<const std::byte> data, std::vector<unique_fd> fds, write_callback cb) {
-  KIN_ASSERT(state_ != nullptr, "kin::stream::write on a stream that was never opened");
-  detail::stream_state& s = *state_;
-  if (!unix_socket_ || data.empty() || fds.empty() || fds.size() > max_fds_per_write) {
-    fds.clear();
-    fail_later(loop_impl(), std::move(cb), errno_code(EINVAL));
-    return !s.above_high;
-  }
-  if (s.closed || s.shut || s.shutdown_requested || s.write_error) {
-    fds.clear();
-    fail_later(loop_impl(), std::move(cb), s.write_error ? s.write_error : errno_code(EPIPE));
-    return !s.above_high;
-  }
-  detail::write_req req;
-  req.data.assign(data.begin(), data.end());
-  req.fds = std::move(fds);
-  if (cb) req.callbacks.emplace_back(req.data.size(), std::move(cb));
-  s.queue.push_back(std::move(req));
-  s.queued_bytes += data.size();
-  if (s.queued_bytes > s.high) s.above_high = true;
-  s.schedule_flush();
-  return !s.above_high;
-}
-
 result<std::size_t> stream::try_write(std::span<const std::byte> data) noexcept {
   if (!fd_.is_open() || !state_ || state_->shut) return fail(errno_code(EPIPE));
   if (!state_->queue.empty()) return fail(errno_code(EAGAIN));
-  if (socket_) {
-    ssize_t n =
-        sys::retry([&] { return ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL); });
-    if (n < 0) return fail(sys::last_error());
-    return static_cast<std::size_t>(n);
-  }
-  detail::sigpipe_guard guard;
-  ssize_t n = sys::retry([&] { return ::write(fd_.get(), data.data(), data.size()); });
-  if (n < 0) {
-    const int err = errno;
-    if (err == EPIPE) guard.consume();
-    return fail(errno_code(err));
-  }
-  return static_cast<std::size_t>(n);
+  iovec iov{const_cast<std::byte*>(data.data()), data.size()};
+  return state_->write_vectored(&iov, 1, {});
 }
 
 void stream::shutdown(write_callback cb) {

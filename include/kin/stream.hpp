@@ -105,7 +105,8 @@ class KIN_API stream : public handle {
 
  private:
   friend struct detail::stream_state;
-  bool enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned, write_callback cb);
+  bool enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
+               std::vector<unique_fd> fds, write_callback cb);
   unique_fd fd_;
   bool socket_ = false;
   bool unix_socket_ = false;

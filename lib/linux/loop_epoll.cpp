@@ -1,6 +1,7 @@
 // The Linux poll backend: epoll (level-triggered) plus an eventfd for cross-thread wakeups.
 #include "../loop_backend.hpp"
 #include "../loop_impl.hpp"
+#include "../posix/sys.hpp"
 #include "sys_linux.hpp"
 
 #include <cerrno>
@@ -85,10 +86,7 @@ void backend::poll(int timeout_ms, loop_impl& owner) noexcept {
 void backend::wakeup() noexcept {
   const std::uint64_t one = 1;
   // EAGAIN would mean the counter is saturated, which already guarantees a pending event.
-  ssize_t r;
-  do {
-    r = ::write(wake_fd_.get(), &one, sizeof one);
-  } while (r < 0 && errno == EINTR);
+  (void)sys::write(wake_fd_.get(), &one, sizeof one);
 }
 
 }  // namespace kin::detail
