@@ -3,6 +3,7 @@
 #include <kin/stream.hpp>
 
 #include "assert.hpp"
+#include "call_guard.hpp"
 #include "loop_impl.hpp"
 #include "posix/sys.hpp"
 
@@ -58,35 +59,6 @@ class sigpipe_guard {
 
 }  // namespace
 
-// Marks a stack frame that calls user code. A callback may destroy the stream: the destructor
-// then sets `gone` in every frame still on the stack, and each frame returns without touching
-// the stream again.
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC sees the frame's address stored in the stream and not always taken back: it is taken back
-// on every path but the one where the stream, and the stored address with it, is gone.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdangling-pointer"
-#endif
-struct call_guard {
-  explicit call_guard(call_guard*& top) noexcept : top_(top), outer_(top) { top = this; }
-  call_guard(const call_guard&) = delete;
-  call_guard& operator=(const call_guard&) = delete;
-  ~call_guard() {
-    if (!gone) top_ = outer_;
-  }
-  static void mark_all(call_guard* top) noexcept {
-    for (call_guard* g = top; g != nullptr; g = g->outer_) g->gone = true;
-  }
-  bool gone = false;
-
- private:
-  call_guard*& top_;
-  call_guard* outer_;
-};
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
 struct write_req {
   std::vector<std::byte> data;
   std::size_t sent = 0;
@@ -99,13 +71,26 @@ struct stream_state {
   stream_state(stream& s, loop_impl& l, int fd)
       : owner(s),
         watcher(l, fd, [this](io_events ev) { on_ready(ev); }),
-        flush_task(&stream_state::deferred_flush, this) {
+        flush_task(&stream_state::deferred_flush, this),
+        connect_task(&stream_state::deferred_connect_done, this) {
     watcher.unref();  // the stream itself is the handle that keeps the loop alive
   }
 
   static void deferred_flush(void* self) noexcept { static_cast<stream_state*>(self)->flush(); }
+  static void deferred_connect_done(void* self) noexcept {
+    auto* s = static_cast<stream_state*>(self);
+    s->connect_done(std::exchange(s->connect_error, {}));
+  }
 
   void on_ready(io_events ev) noexcept {
+    if (connecting) {
+      // Writable (or an error, reported as every event of the interest) ends the connect.
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (::getsockopt(owner.fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      connect_done(err == 0 ? std::error_code() : errno_code(err));
+      return;
+    }
     call_guard guard(destroyed);
     if (has(ev, io_events::writable)) flush();
     if (!guard.gone && has(ev, io_events::readable) && owner.reading_) read_some();
@@ -116,19 +101,44 @@ struct stream_state {
   void update() noexcept {
     io_events interest = io_events::none;
     if (owner.reading_) interest = interest | io_events::readable;
-    if (want_writable && !queue.empty()) interest = interest | io_events::writable;
+    if ((want_writable && !queue.empty()) || (connecting && !connect_task.is_queued())) {
+      interest = interest | io_events::writable;
+    }
     if (interest != watcher.interest() && owner.fd_.is_open()) {
       if (auto r = watcher.start(interest); !r) {
         // Only a closed or unpollable descriptor fails here; report it to whoever waits.
         pending_error = r.error();
       }
     }
-    owner.set_active(owner.reading_ || !queue.empty() || shutdown_requested);
+    owner.set_active(owner.reading_ || !queue.empty() || shutdown_requested || connecting);
   }
 
   void schedule_flush() noexcept {
-    if (!want_writable) impl().defer(flush_task);
+    if (!want_writable && !connecting) impl().defer(flush_task);
     owner.set_active(true);
+  }
+
+  // The end of a connect: queued writes go out, or fail with the connect's error (the
+  // descriptor is closed, so the stream can be opened again). The write callbacks run before
+  // the connect callback, which may reopen or destroy the stream.
+  void connect_done(std::error_code ec) noexcept {
+    connecting = false;
+    auto cb = std::move(connect_cb);
+    connect_cb = nullptr;
+    call_guard guard(destroyed);
+    if (!ec) {
+      update();
+      if (!queue.empty() || shutdown_requested) impl().defer(flush_task);
+      if (cb) cb({});
+      return;
+    }
+    owner.reading_ = false;
+    owner.read_cb_ = nullptr;
+    watcher.stop();
+    owner.fd_.reset();
+    fail_all(ec);
+    if (guard.gone) return;
+    if (cb) cb(ec);
   }
 
   result<std::size_t> send_front() noexcept {
@@ -186,6 +196,7 @@ struct stream_state {
   }
 
   void flush() noexcept {
+    if (connecting) return;  // connect_done() flushes
     std::vector<stream::write_callback> done;
     while (!queue.empty()) {
       auto n = send_front();
@@ -354,6 +365,7 @@ struct stream_state {
   stream& owner;
   io_watcher watcher;
   deferred_task flush_task;
+  deferred_task connect_task;  // reports a connect that ended at once
   std::deque<write_req> queue;
   std::size_t queued_bytes = 0;
   std::size_t high = 64 * 1024;
@@ -363,7 +375,10 @@ struct stream_state {
   bool shutdown_requested = false;
   bool shut = false;
   bool closed = false;
+  bool connecting = false;
   stream::write_callback shutdown_cb;
+  stream::write_callback connect_cb;
+  std::error_code connect_error;
   std::error_code write_error;  // once set, later writes fail with it
   std::error_code pending_error;
   call_guard* destroyed = nullptr;  // the innermost frame that is calling user code
@@ -376,12 +391,17 @@ struct stream_state {
 stream::stream(loop& l) : handle(l) {}
 
 stream::~stream() {
-  if (state_) {
-    detail::call_guard::mark_all(state_->destroyed);
-    loop_impl().cancel(state_->flush_task);
-    state_->watcher.stop();
-  }
+  drop_state();
   set_active(false);
+}
+
+void stream::drop_state() noexcept {
+  if (!state_) return;
+  detail::call_guard::mark_all(state_->destroyed);
+  loop_impl().cancel(state_->flush_task);
+  loop_impl().cancel(state_->connect_task);
+  state_->watcher.stop();
+  state_.reset();
 }
 
 result<void> stream::open(unique_fd fd) noexcept {
@@ -411,16 +431,57 @@ result<void> stream::open(unique_fd fd) noexcept {
     return fail(errno_code(EINVAL));
   }
   if (auto r = sys::set_nonblocking(fd.get(), true); !r) return fail(r.error());
-  // Reopening after close(): the old state's callbacks were already cancelled.
-  if (state_) {
-    loop_impl().cancel(state_->flush_task);
-    state_.reset();
-  }
+  // Reopening after close() or a failed connect: the old state's callbacks were already
+  // cancelled or called.
+  drop_state();
   socket_ = socket;
   unix_socket_ = unix_socket;
   fd_ = std::move(fd);
   state_ = std::make_unique<detail::stream_state>(*this, loop_impl(), fd_.get());
   return {};
+}
+
+result<void> stream::open_as(unique_fd fd, fd_kind kind) noexcept {
+  auto found = detect_fd_kind(fd.get());
+  if (!found) return fail(found.error());
+  if (*found != kind) return fail(errno_code(EINVAL));
+  return open(std::move(fd));
+}
+
+result<void> stream::connect_socket(int domain, const socket_address& to, write_callback cb) {
+  if (fd_.is_open()) return fail(errno_code(EISCONN));
+  auto fd = sys::socket(domain, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  if (!fd) return fail(fd.error());
+  if (auto r = open(std::move(*fd)); !r) return r;
+  detail::stream_state& s = *state_;
+  s.connecting = true;
+  s.connect_cb = std::move(cb);
+  const int r = ::connect(fd_.get(), static_cast<const sockaddr*>(to.data()), to.size());
+  const int err = r == 0 ? 0 : errno;
+  if (err == EINPROGRESS || err == EINTR) {
+    // EINTR: the connect goes on in the background (connect(2)), exactly as EINPROGRESS.
+    s.update();
+    return {};
+  }
+  // Ended at once (a Unix-domain connect, a refused or invalid one): reported on a later
+  // iteration, never from inside connect().
+  s.connect_error = err == 0 ? std::error_code() : errno_code(err);
+  loop_impl().defer(s.connect_task);
+  s.update();
+  return {};
+}
+
+bool stream::is_connecting() const noexcept { return state_ && state_->connecting; }
+
+result<unique_fd> stream::release() noexcept {
+  if (!fd_.is_open() || !state_) return fail(errno_code(EBADF));
+  const detail::stream_state& s = *state_;
+  if (!s.queue.empty() || s.shutdown_requested || s.connecting) return fail(errno_code(EBUSY));
+  read_cb_ = nullptr;
+  reading_ = false;
+  drop_state();
+  set_active(false);
+  return std::move(fd_);
 }
 
 result<void> stream::read_start(read_callback cb) noexcept {
@@ -512,7 +573,7 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
 
 result<std::size_t> stream::try_write(std::span<const std::byte> data) noexcept {
   if (!fd_.is_open() || !state_ || state_->shut) return fail(errno_code(EPIPE));
-  if (!state_->queue.empty()) return fail(errno_code(EAGAIN));
+  if (!state_->queue.empty() || state_->connecting) return fail(errno_code(EAGAIN));
   iovec iov{const_cast<std::byte*>(data.data()), data.size()};
   return state_->write_vectored(&iov, 1, {});
 }
@@ -539,7 +600,10 @@ void stream::close(std::function<void()> cb) {
   if (state_) {
     detail::stream_state& s = *state_;
     loop_impl().cancel(s.flush_task);
+    loop_impl().cancel(s.connect_task);
     s.watcher.stop();
+    if (s.connect_cb) cancelled.push_back(std::move(s.connect_cb));
+    s.connecting = false;
     for (auto& req : s.queue) {
       for (auto& entry : req.callbacks) {
         if (entry.second) cancelled.push_back(std::move(entry.second));

@@ -123,6 +123,7 @@ int loop_impl::poll_timeout(run_mode mode) const noexcept {
 }  // namespace detail
 
 timer::timer(loop& l, callback cb) : handle(l), cb_(std::move(cb)) {}
+timer::timer(detail::loop_impl& l, callback cb) : handle(l), cb_(std::move(cb)) {}
 
 timer::~timer() { stop(); }
 

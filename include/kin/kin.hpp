@@ -4,6 +4,7 @@
 #include <kin/address.hpp>
 #include <kin/fd.hpp>
 #include <kin/fd_kind.hpp>
+#include <kin/handle.hpp>
 #include <kin/loop.hpp>
 #include <kin/result.hpp>
 #include <kin/signal.hpp>

@@ -173,6 +173,8 @@ class KIN_API timer : public handle {
   using callback = std::function<void()>;
 
   explicit timer(loop& l, callback cb = {});
+  /// For kin's own handles, which know their loop by its implementation.
+  timer(detail::loop_impl& l, callback cb);
   ~timer();
 
   /// Arms the timer to fire `timeout` after loop::now() and then, if `repeat` is not zero,

@@ -2,8 +2,10 @@
 // marks, half-close, and (on Unix-domain sockets) descriptors carried with the bytes.
 #pragma once
 
+#include <kin/address.hpp>
 #include <kin/export.hpp>
 #include <kin/fd.hpp>
+#include <kin/fd_kind.hpp>
 #include <kin/loop.hpp>
 #include <kin/result.hpp>
 
@@ -89,6 +91,11 @@ class KIN_API stream : public handle {
   /// Stops reading, cancels queued writes, closes the descriptor; `cb` runs on a later
   /// iteration. Closing a closed stream only schedules `cb`.
   void close(std::function<void()> cb = {});
+  /// Detaches the descriptor from the stream and hands it back (still non-blocking), to pass it
+  /// to another process or loop. Reading stops. Bytes the stream has already read stay read: a
+  /// new owner sees only what comes after them. Errors: EBADF if not open; EBUSY while writes,
+  /// a shutdown or a connect are pending (their bytes would be lost or reordered).
+  result<unique_fd> release() noexcept;
 
   /// When write() starts returning false (bytes queued > high) and when on_drain fires
   /// (queued <= low). Defaults: 64 KiB and 16 KiB. Requires low <= high.
@@ -99,12 +106,25 @@ class KIN_API stream : public handle {
   [[nodiscard]] std::size_t write_queue_size() const noexcept;
   [[nodiscard]] bool is_open() const noexcept { return fd_.is_open(); }
   [[nodiscard]] bool is_reading() const noexcept { return reading_; }
+  /// True from connect() until its callback runs.
+  [[nodiscard]] bool is_connecting() const noexcept;
   /// True for a Unix-domain socket, the only kind that can carry descriptors.
   [[nodiscard]] bool can_pass_fds() const noexcept { return unix_socket_; }
   [[nodiscard]] int fd() const noexcept { return fd_.get(); }
 
+ protected:
+  /// open(), for the typed streams: EINVAL unless detect_fd_kind(fd) is `kind`.
+  result<void> open_as(unique_fd fd, fd_kind kind) noexcept;
+  /// Creates a non-blocking `domain` stream socket, opens the stream on it and connects it to
+  /// `to` without blocking; `cb` gets the outcome on a later iteration. Writes queued meanwhile
+  /// are sent once connected. On failure the descriptor is closed (the stream can be opened or
+  /// connected again) and queued writes fail with the error. Immediate errors: EISCONN if
+  /// open, and socket(2)'s.
+  result<void> connect_socket(int domain, const socket_address& to, write_callback cb);
+
  private:
   friend struct detail::stream_state;
+  void drop_state() noexcept;
   bool enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
                std::vector<unique_fd> fds, write_callback cb);
   unique_fd fd_;
