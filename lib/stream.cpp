@@ -32,6 +32,28 @@ constexpr std::size_t coalesce_below = 4096;  // small writes are copied into th
 constexpr std::size_t coalesce_limit = 64 * 1024;
 constexpr int max_iov = IOV_MAX < 1024 ? IOV_MAX : 1024;
 
+// Room in the receive control buffer for what socket options make the kernel put ahead of the
+// descriptors: SO_PASSCRED's credentials (12 bytes on Linux, more on FreeBSD) and Linux's
+// SO_PASSPIDFD pidfd. Options belong to the socket and travel with it to another process, so a
+// receiver cannot assume they are off; without this room a message with max_fds_per_write
+// descriptors would be cut (MSG_CTRUNC).
+constexpr std::size_t ancillary_room = CMSG_SPACE(256);
+
+#if defined(__linux__)
+// SCM_PIDFD (Linux 6.5, SO_PASSPIDFD): a pidfd of the sender, installed in the receiver by every
+// read. Older headers lack the name.
+constexpr int scm_pidfd = 4;
+#endif
+
+// True for a control message whose payload is descriptors the kernel installed in this process.
+bool carries_descriptors(const cmsghdr& c) noexcept {
+  if (c.cmsg_level != SOL_SOCKET) return false;
+#if defined(__linux__)
+  if (c.cmsg_type == scm_pidfd) return true;
+#endif
+  return c.cmsg_type == SCM_RIGHTS;
+}
+
 // Blocks SIGPIPE in this thread for one write to a pipe (which cannot use MSG_NOSIGNAL), and
 // consumes the SIGPIPE that a write to a closed pipe raises, so only EPIPE remains.
 class sigpipe_guard {
@@ -297,7 +319,7 @@ struct stream_state {
       bool carried_fds = false;
       if (owner.unix_socket_) {
         iovec iov{read_buf.data(), read_buf.size()};
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_write)];
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_write) + ancillary_room];
         msghdr msg{};
         msg.msg_iov = &iov;
         msg.msg_iovlen = 1;
@@ -310,13 +332,15 @@ struct stream_state {
           got = *n;
           // Wrap every descriptor at once, so each path below closes what it does not hand on.
           for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            if (!carries_descriptors(*c)) continue;
             const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
             const unsigned char* in = CMSG_DATA(c);
             for (std::size_t k = 0; k < count; ++k) {
               int raw;
               std::memcpy(&raw, in + k * sizeof raw, sizeof raw);
-              fds.emplace_back(raw);
+              unique_fd fd(raw);
+              // Only SCM_RIGHTS descriptors are the user's; a pidfd is closed here.
+              if (c->cmsg_type == SCM_RIGHTS) fds.push_back(std::move(fd));
             }
           }
           carried_fds = !fds.empty();

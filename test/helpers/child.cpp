@@ -9,6 +9,11 @@
 #include <dirent.h>
 #include <unistd.h>
 
+namespace kin_test_child {
+// The handle-passing behaviours (child_handles.cpp): -1 when `behaviour` is none of them.
+int handles_main(std::string_view behaviour);
+}  // namespace kin_test_child
+
 namespace {
 
 // Prints the numbers of every descriptor open in this process, one per line.
@@ -35,6 +40,7 @@ int main(int argc, char** argv) {
   const std::string_view what = argv[1];
   if (what == "list-fds") return list_fds();
   if (what == "exit") return 0;
+  if (const int rc = kin_test_child::handles_main(what); rc != -1) return rc;
   if (what == "loop-destroyed-with-timer") {
     auto l = std::make_unique<kin::loop>();
     auto t = std::make_unique<kin::timer>(*l, [] {});
