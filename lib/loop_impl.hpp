@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <vector>
 
 namespace kin::detail {
@@ -96,6 +97,15 @@ class loop_impl {
 
   backend& poller() noexcept { return backend_; }
 
+  // One read buffer for every stream of the loop: reads happen one at a time on the loop's
+  // thread, and what a read callback gets is valid only while it runs. Sized to take in one
+  // read what a socket's default receive buffer holds.
+  static constexpr std::size_t read_buffer_size = 256 * 1024;
+  std::span<std::byte> read_buffer() {
+    if (!read_buffer_) read_buffer_.reset(new std::byte[read_buffer_size]);
+    return {read_buffer_.get(), read_buffer_size};
+  }
+
  private:
   struct io_slot {
     io_watcher* watcher;
@@ -137,6 +147,7 @@ class loop_impl {
   std::uint64_t deferred_round_ = 0;
 
   std::unique_ptr<signal_sink, signal_sink_deleter> signals_;
+  std::unique_ptr<std::byte[]> read_buffer_;
 };
 
 }  // namespace kin::detail
