@@ -193,6 +193,13 @@ struct stream_state {
       }
       return static_cast<std::size_t>(n);
     }
+    if (count == 1 && passing.empty()) {
+      // One buffer and no descriptors: send(2) spares the kernel copying in a msghdr.
+      const ssize_t n = sys::retry(
+          [&] { return ::send(owner.fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL); });
+      if (n < 0) return fail(sys::last_error());
+      return static_cast<std::size_t>(n);
+    }
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
