@@ -4,6 +4,8 @@
 #include <memory>
 #include <utility>
 
+#include <sys/socket.h>
+
 namespace kin {
 
 namespace {
@@ -13,6 +15,12 @@ result<any_handle> open_new(loop& l, unique_fd fd) {
   auto h = std::make_unique<H>(l);
   if (auto r = h->open(std::move(fd)); !r) return fail(r.error());
   return any_handle(std::move(h));
+}
+
+bool is_stream_socket(int fd) noexcept {
+  int type = 0;
+  socklen_t len = sizeof type;
+  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
 }
 
 }  // namespace
@@ -26,6 +34,8 @@ result<any_handle> adopt(loop& l, unique_fd fd) {
     case fd_kind::tcp_socket:
       return open_new<tcp_socket>(l, std::move(fd));
     case fd_kind::unix_server:
+      // A listening SOCK_SEQPACKET socket is a unix_server by kind but not a stream server.
+      if (!is_stream_socket(fd.get())) return any_handle(raw_descriptor{std::move(fd), *kind});
       return open_new<unix_server>(l, std::move(fd));
     case fd_kind::unix_stream_socket:
       return open_new<unix_socket>(l, std::move(fd));

@@ -17,7 +17,16 @@ result<void> file::open(const std::string& path, int flags, mode_t mode) noexcep
   if (is_open()) return fail(errno_code(EISCONN));
   // O_NONBLOCK keeps open(2) from waiting on a FIFO that has no writer; it is refused below.
   auto fd = sys::open(path.c_str(), flags | O_NONBLOCK, mode);
-  if (!fd) return fail(fd.error());
+  if (!fd) {
+    // ENXIO is O_NONBLOCK's doing for a FIFO opened for writing with no reader, and open(2)'s
+    // answer for a socket file: neither is a regular file, which is what the caller must hear.
+    struct stat st {};
+    if (fd.error() == std::errc::no_such_device_or_address && ::stat(path.c_str(), &st) == 0 &&
+        !S_ISREG(st.st_mode)) {
+      return fail(errno_code(EINVAL));
+    }
+    return fail(fd.error());
+  }
   struct stat st {};
   if (::fstat(fd->get(), &st) != 0) return fail(sys::last_error());
   if (!S_ISREG(st.st_mode)) return fail(errno_code(S_ISDIR(st.st_mode) ? EISDIR : EINVAL));

@@ -157,6 +157,12 @@ result<void> server::adopt(unique_fd fd, fd_kind kind) noexcept {
   auto found = detect_fd_kind(fd.get());
   if (!found) return fail(found.error());
   if (*found != kind) return fail(errno_code(EINVAL));
+  // fd_kind::unix_server also covers SOCK_SEQPACKET listeners, whose connections are not
+  // streams: a unix_server takes stream listeners only.
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) return fail(sys::last_error());
+  if (type != SOCK_STREAM) return fail(errno_code(EINVAL));
   return attach(std::move(fd));
 }
 
@@ -253,13 +259,14 @@ result<void> bind_to(int fd, const socket_address& address) noexcept {
   return {};
 }
 
-// A socket file nobody listens on: connecting to it is refused.
-bool is_stale_socket_file(const socket_address& address) noexcept {
+// A socket file nobody listens on: connecting to it is refused. The error is that of creating
+// the probe (EMFILE...), which is the real reason a stale file could not be replaced.
+result<bool> is_stale_socket_file(const socket_address& address) noexcept {
   const std::string path(address.path());
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
   auto probe = sys::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
-  if (!probe) return false;
+  if (!probe) return fail(probe.error());
   const int r = sys::retry([&] {
     return ::connect(probe->get(), static_cast<const sockaddr*>(address.data()), address.size());
   });
@@ -299,10 +306,13 @@ result<void> unix_server::bind(const socket_address& address, const unix_server_
   auto fd = sys::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
   if (!fd) return fail(fd.error());
   auto bound = bind_to(fd->get(), address);
-  if (!bound && bound.error() == std::errc::address_in_use && on_path && options.remove_stale &&
-      is_stale_socket_file(address)) {
-    ::unlink(std::string(address.path()).c_str());
-    bound = bind_to(fd->get(), address);
+  if (!bound && bound.error() == std::errc::address_in_use && on_path && options.remove_stale) {
+    auto stale = is_stale_socket_file(address);
+    if (!stale) return fail(stale.error());
+    if (*stale) {
+      ::unlink(std::string(address.path()).c_str());
+      bound = bind_to(fd->get(), address);
+    }
   }
   if (!bound) return bound;
   if (on_path) {

@@ -539,7 +539,9 @@ bool stream::is_connecting() const noexcept { return state_ && state_->connectin
 result<unique_fd> stream::release() noexcept {
   if (!fd_.is_open() || !state_) return fail(errno_code(EBADF));
   const detail::stream_state& s = *state_;
-  if (!s.queue.empty() || s.shutdown_requested || s.connecting) return fail(errno_code(EBUSY));
+  if (!s.queue.empty() || !s.completed.empty() || s.shutdown_requested || s.connecting) {
+    return fail(errno_code(EBUSY));
+  }
   read_cb_ = nullptr;
   reading_ = false;
   drop_state();
@@ -692,9 +694,11 @@ void stream::shutdown(write_callback cb) {
 }
 
 void stream::close(std::function<void()> cb) {
+  std::vector<write_callback> sent;  // writes that went straight out: they succeeded
   std::vector<write_callback> cancelled;
   if (state_) {
     detail::stream_state& s = *state_;
+    sent.swap(s.completed);
     loop_impl().cancel(s.flush_task);
     loop_impl().cancel(s.connect_task);
     s.watcher.stop();
@@ -716,11 +720,13 @@ void stream::close(std::function<void()> cb) {
   reading_ = false;
   fd_.reset();
   set_active(false);
-  if (!cancelled.empty() || cb) {
-    loop_impl().post([cancelled = std::move(cancelled), cb = std::move(cb)] {
-      for (const auto& c : cancelled) c(std::make_error_code(std::errc::operation_canceled));
-      if (cb) cb();
-    });
+  if (!sent.empty() || !cancelled.empty() || cb) {
+    loop_impl().post(
+        [sent = std::move(sent), cancelled = std::move(cancelled), cb = std::move(cb)] {
+          for (const auto& c : sent) c({});
+          for (const auto& c : cancelled) c(std::make_error_code(std::errc::operation_canceled));
+          if (cb) cb();
+        });
   }
 }
 

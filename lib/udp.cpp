@@ -251,13 +251,20 @@ result<void> udp_socket::try_send_to(std::span<const std::byte> data,
 void udp_socket::close(std::function<void()> cb) {
   std::vector<send_callback> cancelled;
   if (state_) {
-    for (auto& d : state_->queue) {
+    // The state stays (until the socket is opened again or destroyed): a flush further up the
+    // stack, whose callback may be the one closing, still reports the datagrams it sent.
+    detail::udp_state& s = *state_;
+    loop_impl().cancel(s.flush_task);
+    s.watcher.stop();
+    for (auto& d : s.queue) {
       if (d.cb) cancelled.push_back(std::move(d.cb));
     }
+    s.queue.clear();
+    s.queued_bytes = 0;
+    s.want_writable = false;
   }
   receiving_ = false;
   receive_cb_ = nullptr;
-  drop_state();
   fd_.reset();
   set_active(false);
   if (!cancelled.empty() || cb) {

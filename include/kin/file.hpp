@@ -31,9 +31,9 @@ class KIN_API file : public handle {
   explicit file(loop& l) : handle(l) {}
   ~file() = default;
 
-  /// open(2) with O_CLOEXEC added. Errors: EISCONN if already open, EISDIR and EINVAL for
-  /// something that is not a regular file (a FIFO, a device: the descriptor is not kept),
-  /// and those of open(2).
+  /// open(2) with O_CLOEXEC added; never waits for the other end of a FIFO. Errors: EISCONN
+  /// if already open, EISDIR for a directory and EINVAL for anything else that is not a
+  /// regular file (a FIFO, a socket, a device: no descriptor is kept), and those of open(2).
   result<void> open(const std::string& path, int flags, mode_t mode = 0666) noexcept;
   /// Takes ownership of a regular file's descriptor. Errors: EBADF; EINVAL for anything else;
   /// EISCONN if already open.

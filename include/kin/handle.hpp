@@ -35,8 +35,9 @@ using any_handle =
 /// Finds what `fd` is from the kernel (detect_fd_kind: fstat, SO_TYPE, SO_DOMAIN,
 /// SO_ACCEPTCONN) — never from what a sender claims — and opens the matching handle on `l`:
 /// tcp_server, tcp_socket, unix_server, unix_socket (stream), udp_socket, pipe (pipes and
-/// FIFOs) or file (regular files). Every other kind comes back as a raw_descriptor, open and
-/// unchanged. Sockets and pipes are made non-blocking, which the sender's copy shares (it is
+/// FIFOs) or file (regular files). Every other kind — a listening SOCK_SEQPACKET socket
+/// included, though detect_fd_kind calls it unix_server — comes back as a raw_descriptor, open
+/// and unchanged. Sockets and pipes are made non-blocking, which the sender's copy shares (it is
 /// one open file). Errors: EBADF when `fd` is not open; the handle's open() error in the
 /// unlikely case it refuses a descriptor of its kind (fcntl failing), and then `fd` is closed.
 /// Throws only std::bad_alloc.

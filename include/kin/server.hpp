@@ -121,7 +121,9 @@ class KIN_API tcp_server : public server {
 struct unix_server_options {
   /// When the path exists and is a socket nobody listens on (a server that died without
   /// removing it: connecting is refused), remove it and bind again. A path that is not a
-  /// socket, or one a server still listens on, is never removed: EADDRINUSE.
+  /// socket, or one a server still listens on, is never removed: EADDRINUSE. The check
+  /// connects to the path with one more descriptor (EMFILE without one), so a server that
+  /// does listen there sees a connection that closes at once.
   bool remove_stale = true;
 };
 

@@ -42,12 +42,15 @@ inline constexpr std::size_t max_fds_per_write = 253;
 /// Callbacks complete in order. write() returns false once the queue holds more than the high
 /// water mark (the data is still queued); on_drain fires when it falls to the low mark. A
 /// write's descriptors travel on the sendmsg() that carries its first byte and are closed once
-/// that byte is sent. Writing never raises SIGPIPE: a closed peer is EPIPE (or ECONNRESET) in
-/// the write callbacks, pipes included.
+/// that byte is sent. A write of 4 KiB or more, or one with descriptors, made while nothing
+/// is queued is tried at once (only what the kernel does not take is copied and queued); its
+/// callback still runs later, never inside write(). Writing never raises SIGPIPE: a closed peer is
+/// EPIPE (or ECONNRESET) in the write callbacks, pipes included.
 ///
 /// **Lifetime.** The stream is active (keeps the loop running) while it reads, has queued
 /// writes, or has a shutdown pending. close() cancels queued writes (their callbacks get
-/// ECANCELED, on a later iteration, before close's own callback). Destroying a stream closes it
+/// ECANCELED, on a later iteration, before close's own callback; writes already sent get
+/// success). Destroying a stream closes it
 /// at once and drops its callbacks. A stream may be destroyed from any of its callbacks.
 class KIN_API stream : public handle {
  public:
@@ -93,8 +96,9 @@ class KIN_API stream : public handle {
   void close(std::function<void()> cb = {});
   /// Detaches the descriptor from the stream and hands it back (still non-blocking), to pass it
   /// to another process or loop. Reading stops. Bytes the stream has already read stay read: a
-  /// new owner sees only what comes after them. Errors: EBADF if not open; EBUSY while writes,
-  /// a shutdown or a connect are pending (their bytes would be lost or reordered).
+  /// new owner sees only what comes after them. Errors: EBADF if not open; EBUSY while writes
+  /// (sent or not) have callbacks to run, or a shutdown or a connect is pending: release from
+  /// the last write's callback instead.
   result<unique_fd> release() noexcept;
 
   /// When write() starts returning false (bytes queued > high) and when on_drain fires

@@ -61,14 +61,17 @@ class KIN_API udp_socket : public handle {
   void receive_stop() noexcept;
 
   /// Queues a copy of `data` for `to`. Errors come through `cb`, on a later iteration:
-  /// EAFNOSUPPORT for a Unix address or one of the other IP family, EMSGSIZE, the kernel's.
+  /// EAFNOSUPPORT for a Unix address, or an IPv6 address on an IPv4 socket; ENETUNREACH for an
+  /// IPv4 address on an IPv6 socket that cannot reach IPv4 (IPV6_V6ONLY, or bound to an IPv6
+  /// address); EMSGSIZE; the kernel's.
   void send_to(std::span<const std::byte> data, const socket_address& to, send_callback cb = {});
   /// Sends now, bypassing the queue. Errors: EAGAIN when datagrams are queued or the kernel's
   /// buffer is full, EBADF if not open, and those of sendto(2).
   result<void> try_send_to(std::span<const std::byte> data, const socket_address& to) noexcept;
 
-  /// Stops receiving, cancels queued datagrams (their callbacks get ECANCELED), closes the
-  /// socket; `cb` runs on a later iteration.
+  /// Stops receiving, cancels queued datagrams (their callbacks get ECANCELED, on a later
+  /// iteration, before `cb`), closes the socket. Datagrams already sent keep their outcome, even
+  /// when a send callback closes the socket before the others of its batch have run.
   void close(std::function<void()> cb = {});
   /// Detaches the socket and hands it back. Errors: EBADF if not open; EBUSY while datagrams
   /// are queued.
