@@ -246,12 +246,6 @@ void server::remove_socket_file() noexcept {
 
 namespace {
 
-result<void> set_flag(int fd, int level, int name, bool on) noexcept {
-  const int value = on ? 1 : 0;
-  if (::setsockopt(fd, level, name, &value, sizeof value) != 0) return fail(sys::last_error());
-  return {};
-}
-
 result<void> bind_to(int fd, const socket_address& address) noexcept {
   if (::bind(fd, static_cast<const sockaddr*>(address.data()), address.size()) != 0) {
     return fail(sys::last_error());
@@ -281,17 +275,20 @@ result<void> tcp_server::bind(const socket_address& address, const tcp_server_op
   const bool v6 = address.family() == address_family::ipv6;
   auto fd = sys::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
   if (!fd) return fail(fd.error());
-  if (auto r = set_flag(fd->get(), SOL_SOCKET, SO_REUSEADDR, true); !r) return r;
+  if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1); !r) return r;
   if (options.reuse_port) {
 #if defined(SO_REUSEPORT)
-    if (auto r = set_flag(fd->get(), SOL_SOCKET, SO_REUSEPORT, true); !r) return r;
+    if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEPORT, 1); !r) return r;
 #else
     return fail(errno_code(ENOTSUP));
 #endif
   }
   if (v6) {
     // Set either way: the system default (net.ipv6.bindv6only) varies.
-    if (auto r = set_flag(fd->get(), IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only); !r) return r;
+    if (auto r =
+            sys::set_int_option(fd->get(), IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only ? 1 : 0);
+        !r)
+      return r;
   }
   if (auto r = bind_to(fd->get(), address); !r) return r;
   return attach(std::move(*fd));

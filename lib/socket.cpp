@@ -25,12 +25,6 @@ int native_family(const socket_address& a) noexcept {
   }
 }
 
-result<void> set_int_option(int fd, int level, int name, int value) noexcept {
-  if (fd < 0) return fail(errno_code(EBADF));
-  if (::setsockopt(fd, level, name, &value, sizeof value) != 0) return fail(sys::last_error());
-  return {};
-}
-
 }  // namespace
 
 result<void> tcp_socket::connect(const socket_address& to, connect_callback cb) {
@@ -39,18 +33,18 @@ result<void> tcp_socket::connect(const socket_address& to, connect_callback cb) 
 }
 
 result<void> tcp_socket::set_nodelay(bool enable) noexcept {
-  return set_int_option(fd(), IPPROTO_TCP, TCP_NODELAY, enable ? 1 : 0);
+  return sys::set_int_option(fd(), IPPROTO_TCP, TCP_NODELAY, enable ? 1 : 0);
 }
 
 result<void> tcp_socket::set_keepalive(bool enable, std::chrono::seconds idle) noexcept {
   if (idle.count() < 0) return fail(errno_code(EINVAL));
-  if (auto r = set_int_option(fd(), SOL_SOCKET, SO_KEEPALIVE, enable ? 1 : 0); !r) return r;
+  if (auto r = sys::set_int_option(fd(), SOL_SOCKET, SO_KEEPALIVE, enable ? 1 : 0); !r) return r;
   if (!enable || idle.count() == 0) return {};
   const int seconds = idle.count() > 0x7fffffff ? 0x7fffffff : static_cast<int>(idle.count());
 #if defined(TCP_KEEPIDLE)
-  return set_int_option(fd(), IPPROTO_TCP, TCP_KEEPIDLE, seconds);
+  return sys::set_int_option(fd(), IPPROTO_TCP, TCP_KEEPIDLE, seconds);
 #else
-  return set_int_option(fd(), IPPROTO_TCP, TCP_KEEPALIVE, seconds);  // macOS
+  return sys::set_int_option(fd(), IPPROTO_TCP, TCP_KEEPALIVE, seconds);  // macOS
 #endif
 }
 

@@ -136,12 +136,6 @@ int ip_family(const socket_address& a) noexcept {
   return a.family() == address_family::ipv6 ? AF_INET6 : AF_INET;
 }
 
-result<void> set_flag(int fd, int level, int name, bool on) noexcept {
-  const int value = on ? 1 : 0;
-  if (::setsockopt(fd, level, name, &value, sizeof value) != 0) return fail(sys::last_error());
-  return {};
-}
-
 }  // namespace
 
 udp_socket::udp_socket(loop& l) : handle(l) {}
@@ -177,17 +171,20 @@ result<void> udp_socket::bind(const socket_address& address, const udp_options& 
   auto fd = sys::socket(ip_family(address), SOCK_DGRAM | SOCK_NONBLOCK, 0);
   if (!fd) return fail(fd.error());
   if (options.reuse_addr) {
-    if (auto r = set_flag(fd->get(), SOL_SOCKET, SO_REUSEADDR, true); !r) return r;
+    if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1); !r) return r;
   }
   if (options.reuse_port) {
 #if defined(SO_REUSEPORT)
-    if (auto r = set_flag(fd->get(), SOL_SOCKET, SO_REUSEPORT, true); !r) return r;
+    if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEPORT, 1); !r) return r;
 #else
     return fail(errno_code(ENOTSUP));
 #endif
   }
   if (address.family() == address_family::ipv6) {
-    if (auto r = set_flag(fd->get(), IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only); !r) return r;
+    if (auto r =
+            sys::set_int_option(fd->get(), IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only ? 1 : 0);
+        !r)
+      return r;
   }
   if (::bind(fd->get(), static_cast<const sockaddr*>(address.data()), address.size()) != 0) {
     return fail(sys::last_error());

@@ -34,22 +34,12 @@
 
 using namespace std::chrono_literals;
 using kin_test::bytes_of;
+using kin_test::ip;
 using kin_test::run_all;
 using kin_test::run_until;
+using kin_test::unix_path;
 
 namespace {
-
-kin::socket_address ip(const char* host, std::uint16_t port = 0) {
-  auto a = kin::socket_address::ip(host, port);
-  REQUIRE(a);
-  return *a;
-}
-
-kin::socket_address unix_path(const std::filesystem::path& path) {
-  auto a = kin::socket_address::unix_path(path.string());
-  REQUIRE(a);
-  return *a;
-}
 
 // True when `r` failed because this host has no IPv6 loopback; says so with a warning.
 bool ipv6_unavailable(const kin::result<void>& r) {

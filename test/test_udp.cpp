@@ -27,16 +27,11 @@
 #include <unistd.h>
 
 using kin_test::bytes_of;
+using kin_test::ip;
 using kin_test::run_all;
 using kin_test::run_until;
 
 namespace {
-
-kin::socket_address ip(const char* host, std::uint16_t port = 0) {
-  auto a = kin::socket_address::ip(host, port);
-  REQUIRE(a);
-  return *a;
-}
 
 bool is_open_fd(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
 

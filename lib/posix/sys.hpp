@@ -89,6 +89,13 @@ inline result<void> set_nonblocking(int fd, bool on) noexcept {
   return {};
 }
 
+/// setsockopt(2) of one int option. Errors: EBADF for a negative fd, and setsockopt's.
+inline result<void> set_int_option(int fd, int level, int name, int value) noexcept {
+  if (fd < 0) return fail(errno_code(EBADF));
+  if (::setsockopt(fd, level, name, &value, sizeof value) != 0) return fail(last_error());
+  return {};
+}
+
 /// socket(2) with SOCK_CLOEXEC always added.
 inline result<unique_fd> socket(int domain, int type, int protocol) noexcept {
   int fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);

@@ -2,6 +2,8 @@
 // stream reader that collects what arrives, and raw (blocking) sockets to test against.
 #pragma once
 
+#include "catch.hpp"
+
 #include <kin/address.hpp>
 #include <kin/fd.hpp>
 #include <kin/loop.hpp>
@@ -11,6 +13,8 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <filesystem>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,6 +41,20 @@ bool run_until(kin::loop& l, Pred pred,
   (void)check.start(std::chrono::milliseconds(1), std::chrono::milliseconds(1));
   l.run();
   return pred();
+}
+
+/// A numeric IP address the test needs (fails the test if it does not parse).
+inline kin::socket_address ip(const char* host, std::uint16_t port = 0) {
+  auto a = kin::socket_address::ip(host, port);
+  REQUIRE(a);
+  return *a;
+}
+
+/// A Unix-domain address for a path (fails the test if the path is too long).
+inline kin::socket_address unix_path(const std::filesystem::path& path) {
+  auto a = kin::socket_address::unix_path(path.string());
+  REQUIRE(a);
+  return *a;
 }
 
 /// Runs `l` until it has no referenced work left. Returns false if that took longer than
