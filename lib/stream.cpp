@@ -81,12 +81,27 @@ class sigpipe_guard {
 
 }  // namespace
 
+// The descriptors of one write, and where in its request that write's first byte is.
+struct fd_group {
+  std::size_t at;
+  std::vector<unique_fd> fds;  // closed once the byte at `at` is sent
+};
+
 struct write_req {
   std::vector<std::byte> data;
   std::size_t sent = 0;
-  std::vector<unique_fd> fds;  // closed once the first byte is sent
+  // Descriptors of the writes coalesced into this request, in byte order. Every sendmsg stops
+  // short of the next group's byte, so each group rides on the first byte of its own write.
+  std::vector<fd_group> groups;
+  std::size_t next_group = 0;  // the groups before it are sent
   // Callbacks of the writes coalesced into this request, with the end of each write's bytes.
   std::vector<std::pair<std::size_t, stream::write_callback>> callbacks;
+
+  // The group whose byte is the next to send, if any.
+  [[nodiscard]] fd_group* carried() noexcept {
+    return next_group < groups.size() && groups[next_group].at == sent ? &groups[next_group]
+                                                                       : nullptr;
+  }
 };
 
 struct stream_state {
@@ -163,20 +178,27 @@ struct stream_state {
     if (cb) cb(ec);
   }
 
+  // Sends from the front of the queue up to the next descriptors (which must start a sendmsg of
+  // their own), carrying those of the front's next byte if it has some.
   result<std::size_t> send_front() noexcept {
+    static const std::vector<unique_fd> no_fds;
     iovec iov[max_iov];
     int count = 0;
-    const write_req& first = queue.front();
-    for (const write_req& req : queue) {
+    write_req& first = queue.front();
+    const fd_group* carry = first.carried();
+    for (write_req& req : queue) {
       if (count == max_iov) break;
-      // A later request with descriptors must start its own sendmsg, so they ride on its
-      // first byte.
-      if (&req != &first && !req.fds.empty()) break;
-      iov[count].iov_base = const_cast<std::byte*>(req.data.data() + req.sent);
-      iov[count].iov_len = req.data.size() - req.sent;
-      ++count;
+      const std::size_t start = &req == &first ? req.sent : 0;
+      const std::size_t group = req.next_group + (&req == &first && carry != nullptr ? 1 : 0);
+      const std::size_t end = group < req.groups.size() ? req.groups[group].at : req.data.size();
+      if (end > start) {
+        iov[count].iov_base = req.data.data() + start;
+        iov[count].iov_len = end - start;
+        ++count;
+      }
+      if (end < req.data.size()) break;
     }
-    return write_vectored(iov, count, first.fds);
+    return write_vectored(iov, count, carry != nullptr ? carry->fds : no_fds);
   }
 
   // One write of `count` buffers, with `passing` descriptors (if any) on its first byte:
@@ -241,7 +263,10 @@ struct stream_state {
         }
         break;
       }
-      queue.front().fds.clear();  // they went with the first byte of this sendmsg
+      if (fd_group* sent_fds = queue.front().carried()) {
+        sent_fds->fds.clear();  // they went with the first byte of this sendmsg
+        ++queue.front().next_group;
+      }
       std::size_t left = *n;
       queued_bytes -= left;
       while (left > 0 || (!queue.empty() && queue.front().sent == queue.front().data.size())) {
@@ -609,8 +634,8 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
   }
   const std::size_t n = data.size();
   std::size_t sent = 0;
-  const bool small = n < detail::coalesce_below && fds.empty();
-  if (!small && s.queue.empty() && !s.want_writable && !s.connecting) {
+  const bool small = n < detail::coalesce_below;
+  if ((!small || !fds.empty()) && s.queue.empty() && !s.want_writable && !s.connecting) {
     // A large write, or one with descriptors, gains nothing from waiting for others: it goes
     // out now, and only what the kernel does not take is queued (no copy in the common case).
     // Its callback still runs later, from the flush, never inside write().
@@ -637,10 +662,12 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
       tail = &s.queue.back();
       tail->data = s.take_buffer();
     }
-    tail->data.insert(tail->data.end(), data.begin(), data.end());
+    if (!fds.empty()) tail->groups.push_back({tail->data.size(), std::move(fds)});
+    tail->data.insert(tail->data.end(), data.begin() + static_cast<std::ptrdiff_t>(sent),
+                      data.end());
     if (cb) tail->callbacks.emplace_back(tail->data.size(), std::move(cb));
   } else {
-    // A write with descriptors starts a request of its own: they ride on its first byte.
+    // A large write starts a request of its own, and is not copied if it came as a vector.
     detail::write_req req;
     if (owned != nullptr) {
       req.data = std::move(*owned);
@@ -659,7 +686,7 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
       req.data.insert(req.data.end(), from, data.data() + n);
       req.sent = pad;
     }
-    req.fds = std::move(fds);
+    if (!fds.empty()) req.groups.push_back({req.sent, std::move(fds)});
     if (cb) req.callbacks.emplace_back(req.data.size(), std::move(cb));
     s.queue.push_back(std::move(req));
   }

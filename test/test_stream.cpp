@@ -551,3 +551,61 @@ TEST_CASE("a large write the kernel takes at once still completes on a later ite
   l.run();
   CHECK(got.data == big);
 }
+
+TEST_CASE("small writes with descriptors share a queued buffer, each set on its own first byte",
+          "[stream]") {
+  const auto fds_before = kin_test::open_fds();
+  {
+    kin::loop l;
+    connected_streams pair(l);
+    collector got;
+    REQUIRE(pair.reader.read_start(got.callback()));
+    auto p = kin::make_pipe();
+    REQUIRE(p);
+    // A small write without descriptors is queued, so the writes after it queue behind it (in
+    // the same buffer) instead of going straight out.
+    std::string expected = "head";
+    pair.writer.write(std::string_view("head"));
+    std::vector<std::size_t> starts;
+    constexpr int writes = 50;
+    int completed = 0;
+    for (int i = 0; i < writes; ++i) {
+      const std::string frame = "frame-" + std::to_string(1000 + i);
+      starts.push_back(expected.size());
+      expected += frame;
+      std::vector<kin::unique_fd> fds;
+      for (int k = 0; k <= i % 3; ++k) {  // 1, 2 or 3 descriptors
+        auto d = kin::sys::dup_cloexec(p->write.get());
+        REQUIRE(d);
+        fds.push_back(std::move(*d));
+      }
+      pair.writer.write(bytes_of(frame), std::move(fds), [&](std::error_code ec) {
+        CHECK(!ec);
+        ++completed;
+      });
+      if (i % 10 == 9) {  // small writes without descriptors in between
+        pair.writer.write(std::string_view("|"));
+        expected += "|";
+      }
+    }
+    pair.writer.shutdown();
+    l.run();
+    CHECK(completed == writes);
+    CHECK(got.data == expected);
+    // Each set of descriptors came alone, with a read that includes its write's first byte
+    // and ends with the bytes of its own sendmsg: the kernel never merges the descriptors of
+    // two sendmsg calls, and kin gave each set a sendmsg that starts at that byte.
+    REQUIRE(got.fd_chunks.size() == static_cast<std::size_t>(writes));
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(writes); ++i) {
+      const auto [first, end] = got.fd_chunks[i];
+      CHECK(first <= starts[i]);
+      CHECK(starts[i] < end);
+      if (i + 1 < static_cast<std::size_t>(writes)) CHECK(end <= starts[i + 1]);
+      total += i % 3 + 1;
+    }
+    CHECK(got.fds.size() == total);
+    got.fds.clear();
+  }
+  CHECK(kin_test::open_fds() == fds_before);
+}
