@@ -1,9 +1,10 @@
 // Probe: how long glibc's memcpy takes to copy one 64 KiB frame (65540 bytes, as kin::stream
-// copies a large write into its queue) depending on where the destination lies relative to the
-// source within a 4 KiB page. On some CPUs (AMD Zen among them) the `rep movsb` that glibc uses
-// for copies of this size slows down many times when the destination is a few bytes past the
-// source modulo 4096 (4K aliasing); the stream benchmarks' 64 KiB figure for kin depends on it,
-// since kin copies and its peers do not. Prints the best time over 200 copies per distance.
+// copies a large write into its queue when it cannot send it at once) depending on where the
+// destination lies relative to the source within a 4 KiB page. On some CPUs (AMD Zen among them)
+// the `rep movsb` that glibc uses for copies of this size slows down many times when the
+// destination is a few bytes past the source modulo 4096 (4K aliasing). The stream benchmarks'
+// 64 KiB figure for kin depended on it until kin's copy started at the source's offset modulo 64
+// (8797e13; see BENCHMARKS.md). Prints the best time over 200 copies per distance.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
