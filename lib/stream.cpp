@@ -188,7 +188,7 @@ struct stream_state {
     const fd_group* carry = first.carried();
     for (write_req& req : queue) {
       if (count == max_iov) break;
-      const std::size_t start = &req == &first ? req.sent : 0;
+      const std::size_t start = req.sent;  // a queued copy may begin with unsent padding
       const std::size_t group = req.next_group + (&req == &first && carry != nullptr ? 1 : 0);
       const std::size_t end = group < req.groups.size() ? req.groups[group].at : req.data.size();
       if (end > start) {

@@ -609,3 +609,28 @@ TEST_CASE("small writes with descriptors share a queued buffer, each set on its 
   }
   CHECK(kin_test::open_fds() == fds_before);
 }
+
+TEST_CASE("large writes queued behind one another arrive exactly, whatever their alignment",
+          "[stream]") {
+  kin::loop l;
+  connected_streams pair(l);
+  collector got;
+  REQUIRE(pair.reader.read_start(got.callback()));
+  // A small write first, so that every large write after it is copied into the queue; the
+  // copies start at their source's offset modulo 64, after some padding that is never sent.
+  std::string expected = "start|";
+  pair.writer.write(std::string_view("start|"));
+  const std::string source = pattern(9 * 100'000 + 64, 3);
+  for (std::size_t i = 0; i < 9; ++i) {
+    const std::size_t offset = i * 100'000 + i * 7 % 64;  // assorted alignments
+    const std::string_view piece(source.data() + offset, 100'000 - i);
+    pair.writer.write(std::as_bytes(std::span(piece.data(), piece.size())));
+    expected += piece;
+  }
+  CHECK(pair.writer.write_queue_size() == expected.size());
+  pair.writer.shutdown();
+  l.run();
+  CHECK(got.end == kin::errc::eof);
+  CHECK(got.data.size() == expected.size());
+  CHECK(got.data == expected);
+}
