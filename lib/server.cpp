@@ -148,7 +148,7 @@ server::~server() {
 
 void server::drop_state() noexcept {
   if (!state_) return;
-  detail::call_guard::mark_all(state_->destroyed);
+  detail::call_guard::mark_all(state_->destroyed, true);
   state_.reset();
 }
 

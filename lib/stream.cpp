@@ -121,6 +121,9 @@ struct stream_state {
 
   void on_ready(io_events ev) noexcept {
     if (connecting) {
+      // A connect that ended at once waits for its deferred report; a hang-up reported
+      // meanwhile (an unconnected Unix socket) says nothing about it.
+      if (connect_task.is_queued()) return;
       // Writable (or an error, reported as every event of the interest) ends the connect.
       int err = 0;
       socklen_t len = sizeof err;
@@ -173,9 +176,7 @@ struct stream_state {
     owner.read_cb_ = nullptr;
     watcher.stop();
     owner.fd_.reset();
-    fail_all(ec);
-    if (guard.gone) return;
-    if (cb) cb(ec);
+    fail_all(ec, std::move(cb));
   }
 
   // Sends from the front of the queue up to the next descriptors (which must start a sendmsg of
@@ -249,7 +250,9 @@ struct stream_state {
   void flush() noexcept {
     if (connecting) return;  // connect_done() flushes
     // Writes that went straight out (see enqueue) complete first: they were made first.
-    std::vector<stream::write_callback> done = std::move(completed);
+    std::vector<completion> done;
+    done.reserve(completed.size());
+    for (auto& cb : completed) done.emplace_back(std::move(cb), std::error_code());
     completed.clear();
     std::error_code failed;
     while (!queue.empty()) {
@@ -276,7 +279,7 @@ struct stream_state {
         left -= take;
         auto it = req.callbacks.begin();
         while (it != req.callbacks.end() && it->first <= req.sent) {
-          if (it->second) done.push_back(std::move(it->second));
+          if (it->second) done.emplace_back(std::move(it->second), std::error_code());
           ++it;
         }
         req.callbacks.erase(req.callbacks.begin(), it);
@@ -287,23 +290,16 @@ struct stream_state {
       if (!done.empty()) break;  // run callbacks before writing more: they may close
     }
     if (failed) {
-      call_guard guard(destroyed);
-      for (auto& cb : done) {
-        cb({});
-        if (guard.gone) return;
-      }
+      if (!complete_in_order(destroyed, impl(), done)) return;
       fail_all(failed);
       return;
     }
     if (queue.empty()) want_writable = false;
-    const bool drained = above_high && queued_bytes <= low;
+    const bool drained = above_high && queued_bytes <= owner.low_mark_;
     if (drained) above_high = false;
     update();
+    if (!complete_in_order(destroyed, impl(), done)) return;
     call_guard guard(destroyed);
-    for (auto& cb : done) {
-      cb({});
-      if (guard.gone) return;
-    }
     if (drained && owner.drain_cb_) {
       // Held here while it runs: it may replace itself with on_drain().
       auto cb = std::move(owner.drain_cb_);
@@ -353,7 +349,8 @@ struct stream_state {
     if (cb) cb(ec);
   }
 
-  void fail_all(std::error_code ec) noexcept {
+  // Fails every queued write (and a pending shutdown) with `ec`, then calls `last` with it.
+  void fail_all(std::error_code ec, stream::write_callback last = {}) noexcept {
     std::deque<write_req> failed;
     failed.swap(queue);
     queued_bytes = 0;
@@ -363,17 +360,29 @@ struct stream_state {
     const bool had_shutdown = shutdown_requested;
     shutdown_requested = false;
     update();
-    call_guard guard(destroyed);
+    std::vector<completion> done;
     for (write_req& req : failed) {
-      for (auto& [end, cb] : req.callbacks) {
-        if (cb) cb(ec);
-        if (guard.gone) return;
-      }
+      for (auto& entry : req.callbacks) done.emplace_back(std::move(entry.second), ec);
     }
-    if (had_shutdown && shutdown_done) shutdown_done(ec);
+    if (had_shutdown) done.emplace_back(std::move(shutdown_done), ec);
+    done.emplace_back(std::move(last), ec);
+    complete_in_order(destroyed, impl(), done);
   }
 
+  // Reads into a vector of this frame, so that a callback that releases or reopens the stream
+  // leaves the descriptors it was lent alive until it returns; the vector's room is kept for
+  // the next call.
   void read_some() noexcept {
+    std::vector<unique_fd> fds;
+    fds.swap(received);
+    if (read_into(fds)) {
+      fds.clear();
+      received.swap(fds);
+    }
+  }
+
+  // False once a callback destroyed the stream or replaced this state.
+  bool read_into(std::vector<unique_fd>& fds) noexcept {
     call_guard guard(destroyed);
     const std::span<std::byte> read_buf = impl().read_buffer();
     for (int i = 0; i < reads_per_event && owner.reading_; ++i) {
@@ -432,7 +441,7 @@ struct stream_state {
         owner.reading_ = false;
         update();
         cb(ec, {}, {});
-        return;
+        return !guard.gone;
       }
       // Held here while it runs: it may call read_stop() or read_start() with a new callback,
       // which must not destroy the function that is running.
@@ -440,13 +449,14 @@ struct stream_state {
       owner.read_cb_ = nullptr;
       cb(truncated ? make_error_code(errc::message_truncated) : std::error_code(),
          std::span<const std::byte>(read_buf.data(), got), std::span(fds));
-      if (guard.gone) return;
+      if (guard.gone) return false;
       if (owner.reading_ && !owner.read_cb_) owner.read_cb_ = std::move(cb);
       fds.clear();
       // A short read drained the socket, except after descriptors: the kernel ends a read at
       // a message that carried some, and more may follow.
       if (got < read_buf.size() && !carried_fds) break;
     }
+    return true;
   }
 
   stream& owner;
@@ -455,8 +465,6 @@ struct stream_state {
   deferred_task connect_task;  // reports a connect that ended at once
   std::deque<write_req> queue;
   std::size_t queued_bytes = 0;
-  std::size_t high = 64 * 1024;
-  std::size_t low = 16 * 1024;
   bool above_high = false;
   bool want_writable = false;  // a write hit EAGAIN: wait for the kernel, not the next round
   bool shutdown_requested = false;
@@ -471,7 +479,7 @@ struct stream_state {
   call_guard* destroyed = nullptr;                // the innermost frame that is calling user code
   std::vector<std::byte> spare;                   // a sent request's buffer, for the next tail
   std::vector<stream::write_callback> completed;  // of writes that went straight out
-  std::vector<unique_fd> fds;
+  std::vector<unique_fd> received;  // room for the descriptors of a read, between reads
 };
 
 }  // namespace detail
@@ -479,13 +487,13 @@ struct stream_state {
 stream::stream(loop& l) : handle(l) {}
 
 stream::~stream() {
-  drop_state();
+  drop_state(true);
   set_active(false);
 }
 
-void stream::drop_state() noexcept {
+void stream::drop_state(bool destroying) noexcept {
   if (!state_) return;
-  detail::call_guard::mark_all(state_->destroyed);
+  detail::call_guard::mark_all(state_->destroyed, destroying);
   loop_impl().cancel(state_->flush_task);
   loop_impl().cancel(state_->connect_task);
   state_->watcher.stop();
@@ -521,7 +529,7 @@ result<void> stream::open(unique_fd fd) noexcept {
   if (auto r = sys::set_nonblocking(fd.get(), true); !r) return fail(r.error());
   // Reopening after close() or a failed connect: the old state's callbacks were already
   // cancelled or called.
-  drop_state();
+  drop_state(false);
   socket_ = socket;
   unix_socket_ = unix_socket;
   fd_ = std::move(fd);
@@ -569,7 +577,7 @@ result<unique_fd> stream::release() noexcept {
   }
   read_cb_ = nullptr;
   reading_ = false;
-  drop_state();
+  drop_state(false);
   set_active(false);
   return std::move(fd_);
 }
@@ -691,7 +699,7 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
     s.queue.push_back(std::move(req));
   }
   s.queued_bytes += n - sent;
-  if (s.queued_bytes > s.high) s.above_high = true;
+  if (s.queued_bytes > high_mark_) s.above_high = true;
   s.schedule_flush();
   return !s.above_high;
 }
@@ -759,9 +767,8 @@ void stream::close(std::function<void()> cb) {
 
 void stream::set_water_marks(std::size_t high, std::size_t low) noexcept {
   KIN_ASSERT(low <= high, "kin::stream::set_water_marks: low above high");
-  if (!state_) return;
-  state_->high = high;
-  state_->low = low;
+  high_mark_ = high;
+  low_mark_ = low;
 }
 
 std::size_t stream::write_queue_size() const noexcept { return state_ ? state_->queued_bytes : 0; }

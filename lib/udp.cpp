@@ -42,6 +42,7 @@ struct udp_state {
   }
 
   static void deferred_flush(void* self) noexcept { static_cast<udp_state*>(self)->flush(); }
+  loop_impl& impl() noexcept { return owner.loop_impl(); }
 
   void on_ready(io_events ev) noexcept {
     call_guard guard(destroyed);
@@ -62,7 +63,7 @@ struct udp_state {
   }
 
   void flush() noexcept {
-    std::vector<std::pair<udp_socket::send_callback, std::error_code>> done;
+    std::vector<completion> done;
     while (!queue.empty()) {
       datagram& d = queue.front();
       const ssize_t n = sys::retry([&] {
@@ -79,11 +80,7 @@ struct udp_state {
       queue.pop_front();
     }
     update();
-    call_guard guard(destroyed);
-    for (auto& [cb, ec] : done) {
-      cb(ec);
-      if (guard.gone) return;
-    }
+    complete_in_order(destroyed, impl(), done);
   }
 
   void receive_some() noexcept {
@@ -141,20 +138,20 @@ int ip_family(const socket_address& a) noexcept {
 udp_socket::udp_socket(loop& l) : handle(l) {}
 
 udp_socket::~udp_socket() {
-  drop_state();
+  drop_state(true);
   set_active(false);
 }
 
-void udp_socket::drop_state() noexcept {
+void udp_socket::drop_state(bool destroying) noexcept {
   if (!state_) return;
-  detail::call_guard::mark_all(state_->destroyed);
+  detail::call_guard::mark_all(state_->destroyed, destroying);
   loop_impl().cancel(state_->flush_task);
   state_.reset();
 }
 
 result<void> udp_socket::attach(unique_fd fd) noexcept {
   if (auto r = sys::set_nonblocking(fd.get(), true); !r) return r;
-  drop_state();
+  drop_state(false);
   fd_ = std::move(fd);
   try {
     state_ = std::make_unique<detail::udp_state>(*this, loop_impl(), fd_.get());
@@ -277,7 +274,7 @@ result<unique_fd> udp_socket::release() noexcept {
   if (!state_->queue.empty()) return fail(errno_code(EBUSY));
   receiving_ = false;
   receive_cb_ = nullptr;
-  drop_state();
+  drop_state(false);
   set_active(false);
   return std::move(fd_);
 }

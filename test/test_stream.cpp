@@ -4,12 +4,15 @@
 
 #include <kin/fd.hpp>
 #include <kin/loop.hpp>
+#include <kin/socket.hpp>
 #include <kin/stream.hpp>
 
 #include "helpers/process_state.hpp"
+#include "helpers/temp_dir.hpp"
 #include "posix/sys.hpp"
 
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -633,4 +636,128 @@ TEST_CASE("large writes queued behind one another arrive exactly, whatever their
   CHECK(got.end == kin::errc::eof);
   CHECK(got.data.size() == expected.size());
   CHECK(got.data == expected);
+}
+
+// ---- callbacks that release, reopen or reconnect the stream ----------------------------------
+
+TEST_CASE("a write callback that releases the stream loses none of the other callbacks",
+          "[stream]") {
+  kin::loop l;
+  connected_streams pair(l);
+  int a = 0, b = 0;
+  kin::unique_fd released;
+  pair.writer.write(std::string_view("hello"), [&](std::error_code ec) {
+    CHECK(!ec);
+    ++a;
+    auto r = pair.writer.release();
+    REQUIRE(r);
+    released = std::move(*r);
+  });
+  pair.writer.write(std::string_view("world"), [&](std::error_code ec) {
+    CHECK(!ec);  // its bytes left with the first write's, in one system call
+    ++b;
+  });
+  l.run();
+  CHECK(a == 1);
+  CHECK(b == 1);
+  CHECK(released.is_open());
+}
+
+TEST_CASE("a write callback that reopens the stream loses none of the other callbacks",
+          "[stream]") {
+  kin::loop l;
+  connected_streams pair(l);
+  auto [c, d] = socket_pair();
+  int a = 0, b = 0;
+  pair.writer.write(std::string_view("one"), [&](std::error_code) {
+    ++a;
+    pair.writer.close();
+    REQUIRE(pair.writer.open(std::move(c)));
+  });
+  pair.writer.write(std::string_view("two"), [&](std::error_code ec) {
+    CHECK(!ec);
+    ++b;
+  });
+  l.run();
+  CHECK(a == 1);
+  CHECK(b == 1);
+}
+
+TEST_CASE(
+    "a Unix connect that fails at once is reported once, as a failure, even when retried "
+    "from its own callback",
+    "[stream]") {
+  kin::loop l;
+  const kin_test::temp_dir dir("kin-stream");
+  auto to = kin::socket_address::unix_path((dir.path() / "nobody.sock").string());
+  REQUIRE(to);
+  kin::unix_socket s(l);
+  std::vector<std::error_code> outcomes;
+  std::vector<std::error_code> writes;
+  std::function<void(std::error_code)> on_connect = [&](std::error_code ec) {
+    outcomes.push_back(ec);
+    if (outcomes.size() < 3) {
+      REQUIRE(s.connect(*to, on_connect));
+      // Reading watches the socket, whose hang-up must not pass for a connect that succeeded.
+      REQUIRE(s.read_start(
+          [](std::error_code, std::span<const std::byte>, std::span<kin::unique_fd>) {}));
+      s.write(std::string_view("x"), [&](std::error_code wec) { writes.push_back(wec); });
+    }
+  };
+  REQUIRE(s.connect(*to, on_connect));
+  l.run();
+  REQUIRE(outcomes.size() == 3);
+  for (const auto& ec : outcomes) CHECK(ec == std::errc::no_such_file_or_directory);
+  REQUIRE(writes.size() == 2);
+  for (const auto& ec : writes) CHECK(ec == std::errc::no_such_file_or_directory);
+  CHECK_FALSE(s.is_open());
+}
+
+TEST_CASE("descriptors lent to a read callback stay valid when the callback releases the stream",
+          "[stream]") {
+  const auto fds_before = kin_test::open_fds();
+  {
+    kin::loop l;
+    connected_streams pair(l);
+    auto p = kin::make_pipe();
+    REQUIRE(p);
+    std::vector<kin::unique_fd> fds;
+    fds.push_back(std::move(p->write));
+    pair.writer.write(bytes_of("x"), std::move(fds));
+    kin::unique_fd kept, stream_fd;
+    REQUIRE(pair.reader.read_start(
+        [&](std::error_code ec, std::span<const std::byte>, std::span<kin::unique_fd> got) {
+          REQUIRE(!ec);
+          auto r = pair.reader.release();
+          REQUIRE(r);
+          stream_fd = std::move(*r);
+          REQUIRE(got.size() == 1);
+          kept = std::move(got[0]);  // still valid: the stream's state is gone, not the span
+        }));
+    l.run();
+    REQUIRE(kept.is_open());
+    REQUIRE(::write(kept.get(), "y", 1) == 1);
+    char c = 0;
+    REQUIRE(::read(p->read.get(), &c, 1) == 1);
+    CHECK(c == 'y');
+  }
+  CHECK(kin_test::open_fds() == fds_before);
+}
+
+TEST_CASE("water marks set before open hold across open and close", "[stream]") {
+  kin::loop l;
+  kin::stream s(l);
+  s.set_water_marks(8, 4);
+  auto [a, b] = socket_pair();
+  REQUIRE(s.open(std::move(a)));
+  // Nine queued bytes are above a high mark of 8 (the default would be 64 KiB).
+  CHECK(s.write(std::string_view("1234")));
+  CHECK_FALSE(s.write(std::string_view("56789")));
+  s.close();
+  auto [c, d] = socket_pair();
+  REQUIRE(s.open(std::move(c)));
+  CHECK(s.write(std::string_view("1234")));
+  CHECK_FALSE(s.write(std::string_view("56789")));
+  s.close();
+  l.run();
 }

@@ -600,3 +600,27 @@ TEST_CASE("send_to on an unbound socket at the descriptor limit fails through it
   REQUIRE(result);
   CHECK(*result == std::errc::too_many_files_open);
 }
+
+TEST_CASE("a send callback that releases the socket loses no other datagram's callback", "[udp]") {
+  kin::loop l;
+  kin::udp_socket receiver(l), sender(l);
+  REQUIRE(receiver.bind(ip("127.0.0.1")));
+  const auto to = receiver.local_address();
+  REQUIRE(to);
+  int a = 0, b = 0;
+  kin::unique_fd kept;
+  sender.send_to(bytes_of("x"), *to, [&](std::error_code ec) {
+    CHECK(!ec);
+    ++a;
+    auto r = sender.release();
+    REQUIRE(r);
+    kept = std::move(*r);
+  });
+  sender.send_to(bytes_of("y"), *to, [&](std::error_code ec) {
+    CHECK(!ec);
+    ++b;
+  });
+  l.run();
+  CHECK(a == 1);
+  CHECK(b == 1);
+}

@@ -102,7 +102,8 @@ class KIN_API stream : public handle {
   result<unique_fd> release() noexcept;
 
   /// When write() starts returning false (bytes queued > high) and when on_drain fires
-  /// (queued <= low). Defaults: 64 KiB and 16 KiB. Requires low <= high.
+  /// (queued <= low). Defaults: 64 KiB and 16 KiB. Requires low <= high. They belong to the
+  /// stream and hold across open(), connect() and close().
   void set_water_marks(std::size_t high, std::size_t low) noexcept;
   void on_drain(std::function<void()> cb) { drain_cb_ = std::move(cb); }
 
@@ -128,7 +129,8 @@ class KIN_API stream : public handle {
 
  private:
   friend struct detail::stream_state;
-  void drop_state() noexcept;
+  // Forgets the state of the open descriptor; `destroying` when the stream itself goes.
+  void drop_state(bool destroying) noexcept;
   bool enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
                std::vector<unique_fd> fds, write_callback cb);
   unique_fd fd_;
@@ -137,6 +139,8 @@ class KIN_API stream : public handle {
   bool reading_ = false;
   read_callback read_cb_;
   std::function<void()> drain_cb_;
+  std::size_t high_mark_ = 64 * 1024;
+  std::size_t low_mark_ = 16 * 1024;
   std::unique_ptr<detail::stream_state> state_;
 };
 

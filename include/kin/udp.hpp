@@ -88,7 +88,7 @@ class KIN_API udp_socket : public handle {
  private:
   friend struct detail::udp_state;
   result<void> attach(unique_fd fd) noexcept;
-  void drop_state() noexcept;
+  void drop_state(bool destroying) noexcept;
   unique_fd fd_;
   bool receiving_ = false;
   receive_callback receive_cb_;
