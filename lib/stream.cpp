@@ -95,7 +95,14 @@ struct write_req {
   std::vector<fd_group> groups;
   std::size_t next_group = 0;  // the groups before it are sent
   // Callbacks of the writes coalesced into this request, with the end of each write's bytes.
-  std::vector<std::pair<std::size_t, stream::write_callback>> callbacks;
+  // A write refused at once (see refuse()) has an entry with its error, so that its callback
+  // still comes in order.
+  struct entry {
+    std::size_t end;
+    stream::write_callback cb;
+    std::error_code refused;
+  };
+  std::vector<entry> callbacks;
 
   // The group whose byte is the next to send, if any.
   [[nodiscard]] fd_group* carried() noexcept {
@@ -168,7 +175,7 @@ struct stream_state {
     call_guard guard(destroyed);
     if (!ec) {
       update();
-      if (!queue.empty() || shutdown_requested) impl().defer(flush_task);
+      if (!queue.empty() || !completed.empty() || shutdown_requested) impl().defer(flush_task);
       if (cb) cb({});
       return;
     }
@@ -250,9 +257,7 @@ struct stream_state {
   void flush() noexcept {
     if (connecting) return;  // connect_done() flushes
     // Writes that went straight out (see enqueue) complete first: they were made first.
-    std::vector<completion> done;
-    done.reserve(completed.size());
-    for (auto& cb : completed) done.emplace_back(std::move(cb), std::error_code());
+    std::vector<completion> done = std::move(completed);
     completed.clear();
     std::error_code failed;
     while (!queue.empty()) {
@@ -278,8 +283,8 @@ struct stream_state {
         req.sent += take;
         left -= take;
         auto it = req.callbacks.begin();
-        while (it != req.callbacks.end() && it->first <= req.sent) {
-          if (it->second) done.emplace_back(std::move(it->second), std::error_code());
+        while (it != req.callbacks.end() && it->end <= req.sent) {
+          if (it->cb) done.emplace_back(std::move(it->cb), it->refused);
           ++it;
         }
         req.callbacks.erase(req.callbacks.begin(), it);
@@ -360,9 +365,10 @@ struct stream_state {
     const bool had_shutdown = shutdown_requested;
     shutdown_requested = false;
     update();
-    std::vector<completion> done;
+    std::vector<completion> done = std::move(completed);  // they came first
+    completed.clear();
     for (write_req& req : failed) {
-      for (auto& entry : req.callbacks) done.emplace_back(std::move(entry.second), ec);
+      for (auto& e : req.callbacks) done.emplace_back(std::move(e.cb), e.refused ? e.refused : ec);
     }
     if (had_shutdown) done.emplace_back(std::move(shutdown_done), ec);
     done.emplace_back(std::move(last), ec);
@@ -476,9 +482,10 @@ struct stream_state {
   std::error_code connect_error;
   std::error_code write_error;  // once set, later writes fail with it
   std::error_code pending_error;
-  call_guard* destroyed = nullptr;                // the innermost frame that is calling user code
-  std::vector<std::byte> spare;                   // a sent request's buffer, for the next tail
-  std::vector<stream::write_callback> completed;  // of writes that went straight out
+  call_guard* destroyed = nullptr;  // the innermost frame that is calling user code
+  std::vector<std::byte> spare;     // a sent request's buffer, for the next tail
+  // Outcomes of writes that went straight out, or were refused while nothing was queued.
+  std::vector<completion> completed;
   std::vector<unique_fd> received;  // room for the descriptors of a read, between reads
 };
 
@@ -604,15 +611,22 @@ void stream::read_stop() noexcept {
   if (state_) state_->update();
 }
 
-namespace {
-
-// Completes a write that could not even be queued: its callback runs on a later iteration
-// (never inside write()), with the error.
-void fail_later(detail::loop_impl& l, stream::write_callback cb, std::error_code ec) {
-  if (cb) l.post([cb = std::move(cb), ec] { cb(ec); });
+void stream::refuse(write_callback cb, std::error_code ec) {
+  if (!cb) return;
+  if (!state_) {
+    loop_impl().post([cb = std::move(cb), ec] { cb(ec); });
+    return;
+  }
+  // In order with the writes before it: after the queued ones, with the flush.
+  detail::stream_state& s = *state_;
+  if (s.queue.empty()) {
+    s.completed.emplace_back(std::move(cb), ec);
+  } else {
+    detail::write_req& tail = s.queue.back();
+    tail.callbacks.push_back({tail.data.size(), std::move(cb), ec});
+  }
+  s.schedule_flush();
 }
-
-}  // namespace
 
 bool stream::write(std::span<const std::byte> data, write_callback cb) {
   return enqueue(data, nullptr, {}, std::move(cb));
@@ -625,7 +639,7 @@ bool stream::write(std::vector<std::byte>&& data, write_callback cb) {
 bool stream::write(std::span<const std::byte> data, std::vector<unique_fd> fds, write_callback cb) {
   if (!unix_socket_ || data.empty() || fds.empty() || fds.size() > max_fds_per_write) {
     fds.clear();
-    fail_later(loop_impl(), std::move(cb), errno_code(EINVAL));
+    refuse(std::move(cb), errno_code(EINVAL));
     return state_ == nullptr || !state_->above_high;
   }
   return enqueue(data, nullptr, std::move(fds), std::move(cb));
@@ -637,7 +651,7 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
   detail::stream_state& s = *state_;
   if (s.closed || s.shut || s.shutdown_requested || s.write_error) {
     fds.clear();
-    fail_later(loop_impl(), std::move(cb), s.write_error ? s.write_error : errno_code(EPIPE));
+    refuse(std::move(cb), s.write_error ? s.write_error : errno_code(EPIPE));
     return !s.above_high;
   }
   const std::size_t n = data.size();
@@ -654,7 +668,7 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
       sent = *r;
       if (sent == n) {
         if (cb) {
-          s.completed.push_back(std::move(cb));
+          s.completed.emplace_back(std::move(cb), std::error_code());
           s.schedule_flush();
         }
         return !s.above_high;
@@ -673,7 +687,7 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
     if (!fds.empty()) tail->groups.push_back({tail->data.size(), std::move(fds)});
     tail->data.insert(tail->data.end(), data.begin() + static_cast<std::ptrdiff_t>(sent),
                       data.end());
-    if (cb) tail->callbacks.emplace_back(tail->data.size(), std::move(cb));
+    if (cb) tail->callbacks.push_back({tail->data.size(), std::move(cb), {}});
   } else {
     // A large write starts a request of its own, and is not copied if it came as a vector.
     detail::write_req req;
@@ -695,7 +709,7 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
       req.sent = pad;
     }
     if (!fds.empty()) req.groups.push_back({req.sent, std::move(fds)});
-    if (cb) req.callbacks.emplace_back(req.data.size(), std::move(cb));
+    if (cb) req.callbacks.push_back({req.data.size(), std::move(cb), {}});
     s.queue.push_back(std::move(req));
   }
   s.queued_bytes += n - sent;
@@ -715,12 +729,11 @@ void stream::shutdown(write_callback cb) {
   KIN_ASSERT(state_ != nullptr, "kin::stream::shutdown on a stream that was never opened");
   detail::stream_state& s = *state_;
   if (s.closed || s.shut || s.shutdown_requested) {
-    fail_later(loop_impl(), std::move(cb),
-               errno_code(s.shut || s.shutdown_requested ? EALREADY : EPIPE));
+    refuse(std::move(cb), errno_code(s.shut || s.shutdown_requested ? EALREADY : EPIPE));
     return;
   }
   if (s.write_error) {
-    fail_later(loop_impl(), std::move(cb), s.write_error);
+    refuse(std::move(cb), s.write_error);
     return;
   }
   s.shutdown_requested = true;
@@ -729,24 +742,27 @@ void stream::shutdown(write_callback cb) {
 }
 
 void stream::close(std::function<void()> cb) {
-  std::vector<write_callback> sent;  // writes that went straight out: they succeeded
-  std::vector<write_callback> cancelled;
+  // Every outcome, in the order of the calls that asked for them: writes that went straight out
+  // (success) or were refused, queued writes and a pending shutdown (ECANCELED unless refused),
+  // then a pending connect (ECANCELED), as a failed connect reports them.
+  std::vector<detail::completion> done;
   if (state_) {
     detail::stream_state& s = *state_;
-    sent.swap(s.completed);
+    const auto cancelled = std::make_error_code(std::errc::operation_canceled);
+    done.swap(s.completed);
     loop_impl().cancel(s.flush_task);
     loop_impl().cancel(s.connect_task);
     s.watcher.stop();
-    if (s.connect_cb) cancelled.push_back(std::move(s.connect_cb));
-    s.connecting = false;
     for (auto& req : s.queue) {
-      for (auto& entry : req.callbacks) {
-        if (entry.second) cancelled.push_back(std::move(entry.second));
+      for (auto& e : req.callbacks) {
+        if (e.cb) done.emplace_back(std::move(e.cb), e.refused ? e.refused : cancelled);
       }
     }
     s.queue.clear();
     s.queued_bytes = 0;
-    if (s.shutdown_cb) cancelled.push_back(std::move(s.shutdown_cb));
+    if (s.shutdown_cb) done.emplace_back(std::move(s.shutdown_cb), cancelled);
+    if (s.connect_cb) done.emplace_back(std::move(s.connect_cb), cancelled);
+    s.connecting = false;
     s.shutdown_requested = false;
     s.want_writable = false;
     s.closed = true;
@@ -755,13 +771,13 @@ void stream::close(std::function<void()> cb) {
   reading_ = false;
   fd_.reset();
   set_active(false);
-  if (!sent.empty() || !cancelled.empty() || cb) {
-    loop_impl().post(
-        [sent = std::move(sent), cancelled = std::move(cancelled), cb = std::move(cb)] {
-          for (const auto& c : sent) c({});
-          for (const auto& c : cancelled) c(std::make_error_code(std::errc::operation_canceled));
-          if (cb) cb();
-        });
+  if (!done.empty() || cb) {
+    loop_impl().post([done = std::move(done), cb = std::move(cb)] {
+      for (const auto& [c, ec] : done) {
+        if (c) c(ec);
+      }
+      if (cb) cb();
+    });
   }
 }
 

@@ -761,3 +761,32 @@ TEST_CASE("water marks set before open hold across open and close", "[stream]") 
   s.close();
   l.run();
 }
+
+TEST_CASE("a write refused at once completes in order with the writes around it", "[stream]") {
+  kin::loop l;
+  connected_streams pair(l);
+  collector got;
+  REQUIRE(pair.reader.read_start(got.callback()));
+  std::vector<std::pair<char, std::error_code>> order;
+  auto note = [&](char which) {
+    return [&, which](std::error_code ec) { order.emplace_back(which, ec); };
+  };
+  pair.writer.write(std::string_view("a"), note('a'));
+  pair.writer.write(bytes_of("b"), std::vector<kin::unique_fd>{}, note('b'));  // no fds: EINVAL
+  pair.writer.write(std::string_view("c"), note('c'));
+  pair.writer.shutdown(note('s'));
+  pair.writer.shutdown(note('t'));                      // a second shutdown: EALREADY
+  pair.writer.write(std::string_view("d"), note('d'));  // after shutdown: EPIPE
+  l.run();
+  REQUIRE(order.size() == 6);
+  CHECK(order[0] == std::pair('a', std::error_code()));
+  CHECK(order[1].first == 'b');
+  CHECK(order[1].second == std::errc::invalid_argument);
+  CHECK(order[2] == std::pair('c', std::error_code()));
+  CHECK(order[3].first == 't');  // refused at once, queued behind "c" like the writes
+  CHECK(order[3].second == std::errc::connection_already_in_progress);
+  CHECK(order[4].first == 'd');
+  CHECK(order[4].second == std::errc::broken_pipe);
+  CHECK(order[5] == std::pair('s', std::error_code()));  // the shutdown ends the stream
+  CHECK(got.data == "ac");
+}

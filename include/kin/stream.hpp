@@ -131,6 +131,9 @@ class KIN_API stream : public handle {
   friend struct detail::stream_state;
   // Forgets the state of the open descriptor; `destroying` when the stream itself goes.
   void drop_state(bool destroying) noexcept;
+  // Completes a write (or shutdown) refused at once with `ec`, in order with the others, on a
+  // later iteration.
+  void refuse(write_callback cb, std::error_code ec);
   bool enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
                std::vector<unique_fd> fds, write_callback cb);
   unique_fd fd_;
