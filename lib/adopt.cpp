@@ -1,10 +1,10 @@
 // adopt(): a received descriptor rebuilt as the handle its kind calls for.
 #include <kin/handle.hpp>
 
+#include "posix/sys.hpp"
+
 #include <memory>
 #include <utility>
-
-#include <sys/socket.h>
 
 namespace kin {
 
@@ -15,12 +15,6 @@ result<any_handle> open_new(loop& l, unique_fd fd) {
   auto h = std::make_unique<H>(l);
   if (auto r = h->open(std::move(fd)); !r) return fail(r.error());
   return any_handle(std::move(h));
-}
-
-bool is_stream_socket(int fd) noexcept {
-  int type = 0;
-  socklen_t len = sizeof type;
-  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
 }
 
 }  // namespace
@@ -35,7 +29,7 @@ result<any_handle> adopt(loop& l, unique_fd fd) {
       return open_new<tcp_socket>(l, std::move(fd));
     case fd_kind::unix_server:
       // A listening SOCK_SEQPACKET socket is a unix_server by kind but not a stream server.
-      if (!is_stream_socket(fd.get())) return any_handle(raw_descriptor{std::move(fd), *kind});
+      if (!sys::is_stream_socket(fd.get())) return any_handle(raw_descriptor{std::move(fd), *kind});
       return open_new<unix_server>(l, std::move(fd));
     case fd_kind::unix_stream_socket:
       return open_new<unix_socket>(l, std::move(fd));

@@ -39,9 +39,7 @@ result<void> file::open(const std::string& path, int flags, mode_t mode) noexcep
 
 result<void> file::open(unique_fd fd) noexcept {
   if (is_open()) return fail(errno_code(EISCONN));
-  auto kind = detect_fd_kind(fd.get());
-  if (!kind) return fail(kind.error());
-  if (*kind != fd_kind::file) return fail(errno_code(EINVAL));
+  if (auto r = sys::require_kind(fd.get(), fd_kind::file); !r) return r;
   fd_ = std::move(fd);
   return {};
 }

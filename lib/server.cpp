@@ -154,15 +154,10 @@ void server::drop_state() noexcept {
 
 result<void> server::adopt(unique_fd fd, fd_kind kind) noexcept {
   if (fd_.is_open()) return fail(errno_code(EISCONN));
-  auto found = detect_fd_kind(fd.get());
-  if (!found) return fail(found.error());
-  if (*found != kind) return fail(errno_code(EINVAL));
+  if (auto r = sys::require_kind(fd.get(), kind); !r) return r;
   // fd_kind::unix_server also covers SOCK_SEQPACKET listeners, whose connections are not
   // streams: a unix_server takes stream listeners only.
-  int type = 0;
-  socklen_t len = sizeof type;
-  if (::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) return fail(sys::last_error());
-  if (type != SOCK_STREAM) return fail(errno_code(EINVAL));
+  if (!sys::is_stream_socket(fd.get())) return fail(errno_code(EINVAL));
   return attach(std::move(fd));
 }
 
@@ -272,8 +267,7 @@ result<bool> is_stale_socket_file(const socket_address& address) noexcept {
 result<void> tcp_server::bind(const socket_address& address, const tcp_server_options& options) {
   if (is_open()) return fail(errno_code(EISCONN));
   if (!address.is_ip()) return fail(errno_code(EAFNOSUPPORT));
-  const bool v6 = address.family() == address_family::ipv6;
-  auto fd = sys::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  auto fd = sys::socket(sys::domain_of(address), SOCK_STREAM | SOCK_NONBLOCK, 0);
   if (!fd) return fail(fd.error());
   if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1); !r) return r;
   if (options.reuse_port) {
@@ -283,7 +277,7 @@ result<void> tcp_server::bind(const socket_address& address, const tcp_server_op
     return fail(errno_code(ENOTSUP));
 #endif
   }
-  if (v6) {
+  if (address.family() == address_family::ipv6) {
     // Set either way: the system default (net.ipv6.bindv6only) varies.
     if (auto r =
             sys::set_int_option(fd->get(), IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only ? 1 : 0);

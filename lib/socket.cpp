@@ -12,24 +12,9 @@
 
 namespace kin {
 
-namespace {
-
-int native_family(const socket_address& a) noexcept {
-  switch (a.family()) {
-    case address_family::ipv4:
-      return AF_INET;
-    case address_family::ipv6:
-      return AF_INET6;
-    default:
-      return AF_UNIX;
-  }
-}
-
-}  // namespace
-
 result<void> tcp_socket::connect(const socket_address& to, connect_callback cb) {
   if (!to.is_ip()) return fail(errno_code(is_open() ? EISCONN : EAFNOSUPPORT));
-  return connect_socket(native_family(to), to, std::move(cb));
+  return connect_socket(sys::domain_of(to), to, std::move(cb));
 }
 
 result<void> tcp_socket::set_nodelay(bool enable) noexcept {

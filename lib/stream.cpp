@@ -17,7 +17,6 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -508,54 +507,39 @@ void stream::drop_state(bool destroying) noexcept {
 }
 
 result<void> stream::open(unique_fd fd) noexcept {
-  if (fd_.is_open()) return fail(errno_code(EISCONN));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return fail(sys::last_error());
-  bool socket = false, unix_socket = false;
-  if (S_ISSOCK(st.st_mode)) {
-    int type = 0, listening = 0;
-    socklen_t len = sizeof type;
-    if (::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
-      return fail(sys::last_error());
-    }
-    len = sizeof listening;
-    if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
-      return fail(sys::last_error());
-    }
-    if (type != SOCK_STREAM || listening != 0) return fail(errno_code(EINVAL));
-    sockaddr_storage addr{};
-    len = sizeof addr;
-    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      return fail(sys::last_error());
-    }
-    socket = true;
-    unix_socket = addr.ss_family == AF_UNIX;
-  } else if (!S_ISFIFO(st.st_mode)) {
+  auto kind = detect_fd_kind(fd.get());
+  if (!kind) return fail(kind.error());
+  if (*kind != fd_kind::tcp_socket && *kind != fd_kind::unix_stream_socket &&
+      *kind != fd_kind::pipe) {
     return fail(errno_code(EINVAL));
   }
+  return open_detected(std::move(fd), *kind);
+}
+
+result<void> stream::open_detected(unique_fd fd, fd_kind kind) noexcept {
+  if (fd_.is_open()) return fail(errno_code(EISCONN));
   if (auto r = sys::set_nonblocking(fd.get(), true); !r) return fail(r.error());
   // Reopening after close() or a failed connect: the old state's callbacks were already
   // cancelled or called.
   drop_state(false);
-  socket_ = socket;
-  unix_socket_ = unix_socket;
+  socket_ = kind != fd_kind::pipe;
+  unix_socket_ = kind == fd_kind::unix_stream_socket;
   fd_ = std::move(fd);
   state_ = std::make_unique<detail::stream_state>(*this, loop_impl(), fd_.get());
   return {};
 }
 
 result<void> stream::open_as(unique_fd fd, fd_kind kind) noexcept {
-  auto found = detect_fd_kind(fd.get());
-  if (!found) return fail(found.error());
-  if (*found != kind) return fail(errno_code(EINVAL));
-  return open(std::move(fd));
+  if (auto r = sys::require_kind(fd.get(), kind); !r) return r;
+  return open_detected(std::move(fd), kind);
 }
 
 result<void> stream::connect_socket(int domain, const socket_address& to, write_callback cb) {
   if (fd_.is_open()) return fail(errno_code(EISCONN));
   auto fd = sys::socket(domain, SOCK_STREAM | SOCK_NONBLOCK, 0);
   if (!fd) return fail(fd.error());
-  if (auto r = open(std::move(*fd)); !r) return r;
+  const fd_kind kind = domain == AF_UNIX ? fd_kind::unix_stream_socket : fd_kind::tcp_socket;
+  if (auto r = open_detected(std::move(*fd), kind); !r) return r;
   detail::stream_state& s = *state_;
   s.connecting = true;
   s.connect_cb = std::move(cb);

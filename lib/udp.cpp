@@ -129,10 +129,6 @@ void fail_later(detail::loop_impl& l, udp_socket::send_callback cb, std::error_c
   if (cb) l.post([cb = std::move(cb), ec] { cb(ec); });
 }
 
-int ip_family(const socket_address& a) noexcept {
-  return a.family() == address_family::ipv6 ? AF_INET6 : AF_INET;
-}
-
 }  // namespace
 
 udp_socket::udp_socket(loop& l) : handle(l) {}
@@ -165,7 +161,7 @@ result<void> udp_socket::attach(unique_fd fd) noexcept {
 result<void> udp_socket::bind(const socket_address& address, const udp_options& options) {
   if (is_open()) return fail(errno_code(EISCONN));
   if (!address.is_ip()) return fail(errno_code(EAFNOSUPPORT));
-  auto fd = sys::socket(ip_family(address), SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  auto fd = sys::socket(sys::domain_of(address), SOCK_DGRAM | SOCK_NONBLOCK, 0);
   if (!fd) return fail(fd.error());
   if (options.reuse_addr) {
     if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1); !r) return r;
@@ -191,9 +187,7 @@ result<void> udp_socket::bind(const socket_address& address, const udp_options& 
 
 result<void> udp_socket::open(unique_fd fd) noexcept {
   if (is_open()) return fail(errno_code(EISCONN));
-  auto kind = detect_fd_kind(fd.get());
-  if (!kind) return fail(kind.error());
-  if (*kind != fd_kind::udp_socket) return fail(errno_code(EINVAL));
+  if (auto r = sys::require_kind(fd.get(), fd_kind::udp_socket); !r) return r;
   return attach(std::move(fd));
 }
 
@@ -218,7 +212,7 @@ void udp_socket::send_to(std::span<const std::byte> data, const socket_address& 
   if (!to.is_ip()) return fail_later(loop_impl(), std::move(cb), errno_code(EAFNOSUPPORT));
   if (!is_open()) {
     // Never bound: the first datagram decides the family, the kernel picks the port.
-    auto fd = sys::socket(ip_family(to), SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    auto fd = sys::socket(sys::domain_of(to), SOCK_DGRAM | SOCK_NONBLOCK, 0);
     if (!fd) return fail_later(loop_impl(), std::move(cb), fd.error());
     if (auto r = attach(std::move(*fd)); !r)
       return fail_later(loop_impl(), std::move(cb), r.error());

@@ -129,6 +129,8 @@ class KIN_API stream : public handle {
 
  private:
   friend struct detail::stream_state;
+  // open() of a descriptor whose kind is known (tcp_socket, unix_stream_socket or pipe).
+  result<void> open_detected(unique_fd fd, fd_kind kind) noexcept;
   // Forgets the state of the open descriptor; `destroying` when the stream itself goes.
   void drop_state(bool destroying) noexcept;
   // Completes a write (or shutdown) refused at once with `ec`, in order with the others, on a

@@ -2,7 +2,9 @@
 // errors come back as result<T>, and every descriptor is created close-on-exec from birth.
 #pragma once
 
+#include <kin/address.hpp>
 #include <kin/fd.hpp>
+#include <kin/fd_kind.hpp>
 #include <kin/result.hpp>
 
 #include <cerrno>
@@ -94,6 +96,28 @@ inline result<void> set_int_option(int fd, int level, int name, int value) noexc
   if (fd < 0) return fail(errno_code(EBADF));
   if (::setsockopt(fd, level, name, &value, sizeof value) != 0) return fail(last_error());
   return {};
+}
+
+/// The address family (AF_INET, AF_INET6, AF_UNIX) a socket for `a` needs: the sa_family of its
+/// bytes.
+inline int domain_of(const socket_address& a) noexcept {
+  return static_cast<const sockaddr*>(a.data())->sa_family;
+}
+
+/// Succeeds when `fd` is a descriptor of `kind` (detect_fd_kind). Errors: EBADF, EINVAL for
+/// another kind.
+inline result<void> require_kind(int fd, fd_kind kind) noexcept {
+  auto found = detect_fd_kind(fd);
+  if (!found) return fail(found.error());
+  if (*found != kind) return fail(errno_code(EINVAL));
+  return {};
+}
+
+/// True for a SOCK_STREAM socket (fd_kind::unix_server also covers SOCK_SEQPACKET listeners).
+inline bool is_stream_socket(int fd) noexcept {
+  int type = 0;
+  socklen_t len = sizeof type;
+  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
 }
 
 /// socket(2) with SOCK_CLOEXEC always added.

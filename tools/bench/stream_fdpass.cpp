@@ -23,6 +23,7 @@
 
 #include "bench.hpp"
 #include "stream_common.hpp"
+#include "stream_kin.hpp"
 #include "stream_uv.hpp"
 
 namespace {
@@ -149,31 +150,11 @@ run_result run_kin(int nfds, long n) {
       }
     };
     s.on_drain(pump);
-    chunk_parser acks(64);
-    int acks_seen = 0;
-    std::uint64_t t0 = 0, c0 = 0;
-    auto r = s.read_start(
-        [&](std::error_code ec, std::span<const std::byte> data, std::span<kin::unique_fd>) {
-          if (ec) die("kin sender: read failed or EOF before the last ack");
-          acks.feed(data, [&](const std::byte* payload, std::uint32_t len) {
-            if (len != seq_size) die("kin sender: bad ack");
-            if (++acks_seen == 1) {
-              t0 = wall_ns();
-              c0 = cpu_ns();
-              target += static_cast<std::uint64_t>(n);
-              pump();
-              return;
-            }
-            res.wall_ns = wall_ns() - t0;
-            res.parent_cpu_ns = cpu_ns() - c0;
-            res.child_cpu_ns = load_u64(payload);
-            s.close();
-          });
-        });
-    if (!r) die("kin sender: read_start failed");
+    kin_ack_reader acks;
+    acks.start(s, res, target, n, pump);
     pump();
     loop.run();
-    if (acks_seen != 2) die("kin sender: the loop ended before the last ack");
+    acks.check_done();
   }
   reap(p.pid);
   res.ops = n * nfds;
