@@ -31,6 +31,21 @@ constexpr std::size_t coalesce_below = 4096;  // small writes are copied into th
 constexpr std::size_t coalesce_limit = 64 * 1024;
 constexpr int max_iov = IOV_MAX < 1024 ? IOV_MAX : 1024;
 
+// Queued writes with descriptors whose first bytes lie within this many bytes of each other
+// share one sendmsg (up to max_fds_per_write descriptors), each write's descriptors still on the
+// sendmsg that carries its first byte. That is only sound if the kernel sends all those bytes
+// or none: a partial send would deliver the descriptors of a write whose first byte was not
+// sent. Linux's unix_stream_sendmsg() puts the descriptors on the first sk_buff and makes it
+// min(len, sk_sndbuf / 2 - 64, 32 KiB and more) bytes long; it allocates that one buffer or fails
+// with EAGAIN. SO_SNDBUF cannot go below SOCK_MIN_SNDBUF (4608 since Linux 3.x: 2 x (2048 +
+// sizeof(sk_buff))), so 2 KiB always fit in the first sk_buff. Elsewhere every write's
+// descriptors go on a sendmsg of their own.
+#if defined(__linux__)
+constexpr std::size_t fd_batch_bytes = 2048;
+#else
+constexpr std::size_t fd_batch_bytes = 0;
+#endif
+
 // Room in the receive control buffer for what socket options make the kernel put ahead of the
 // descriptors: SO_PASSCRED's credentials (12 bytes on Linux, more on FreeBSD) and Linux's
 // SO_PASSPIDFD pidfd. Options belong to the socket and travel with it to another process, so a
@@ -185,18 +200,41 @@ struct stream_state {
     fail_all(ec, std::move(cb));
   }
 
-  // Sends from the front of the queue up to the next descriptors (which must start a sendmsg of
-  // their own), carrying those of the front's next byte if it has some.
-  result<std::size_t> send_front() noexcept {
-    static const std::vector<unique_fd> no_fds;
+  // Sends from the front of the queue up to the next descriptors that cannot ride on this
+  // sendmsg, carrying those whose write's first byte it sends: the front's next byte's, and (see
+  // fd_batch_bytes) those of the writes that follow within a small span. `carried` is set to
+  // the number of groups whose descriptors this sendmsg carries.
+  result<std::size_t> send_front(std::size_t& carried) noexcept {
     iovec iov[max_iov];
     int count = 0;
     write_req& first = queue.front();
-    const fd_group* carry = first.carried();
+    carried = 0;
+    if (first.carried() != nullptr) {
+      carried = 1;
+      std::size_t fds = first.groups[first.next_group].fds.size();
+      const std::size_t start = first.sent;
+      for (std::size_t g = first.next_group + 1; g < first.groups.size(); ++g) {
+        const fd_group& next = first.groups[g];
+        if (next.at - start >= fd_batch_bytes || fds + next.fds.size() > max_fds_per_write) break;
+        fds += next.fds.size();
+        ++carried;
+      }
+      if (carried > 1) {
+        // Several writes' descriptors: the bytes stay within fd_batch_bytes, so that the
+        // kernel takes all of them or none.
+        const std::size_t after = first.next_group + carried;
+        const std::size_t end = std::min(
+            after < first.groups.size() ? first.groups[after].at : first.data.size(),
+            start + fd_batch_bytes);
+        iov[0].iov_base = first.data.data() + start;
+        iov[0].iov_len = end - start;
+        return write_vectored(iov, 1, std::span(first.groups).subspan(first.next_group, carried));
+      }
+    }
     for (write_req& req : queue) {
       if (count == max_iov) break;
       const std::size_t start = req.sent;  // a queued copy may begin with unsent padding
-      const std::size_t group = req.next_group + (&req == &first && carry != nullptr ? 1 : 0);
+      const std::size_t group = req.next_group + (&req == &first ? carried : 0);
       const std::size_t end = group < req.groups.size() ? req.groups[group].at : req.data.size();
       if (end > start) {
         iov[count].iov_base = req.data.data() + start;
@@ -205,13 +243,13 @@ struct stream_state {
       }
       if (end < req.data.size()) break;
     }
-    return write_vectored(iov, count, carry != nullptr ? carry->fds : no_fds);
+    return write_vectored(iov, count, std::span(first.groups).subspan(first.next_group, carried));
   }
 
-  // One write of `count` buffers, with `passing` descriptors (if any) on its first byte:
-  // sendmsg(MSG_NOSIGNAL) on a socket, writev with SIGPIPE held off on a pipe.
+  // One write of `count` buffers, with the descriptors of `passing` (if any) on its first
+  // byte: sendmsg(MSG_NOSIGNAL) on a socket, writev with SIGPIPE held off on a pipe.
   result<std::size_t> write_vectored(iovec* iov, int count,
-                                     const std::vector<unique_fd>& passing) noexcept {
+                                     std::span<const fd_group> passing) noexcept {
     if (!owner.socket_) {
       sigpipe_guard guard;
       ssize_t n = sys::retry([&] { return ::writev(owner.fd_.get(), iov, count); });
@@ -234,7 +272,10 @@ struct stream_state {
     msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_write)];
     if (!passing.empty()) {
-      const std::size_t bytes = sizeof(int) * passing.size();
+      std::size_t total = 0;
+      for (const fd_group& g : passing) total += g.fds.size();
+      KIN_ASSERT(total <= max_fds_per_write, "kin::stream: too many descriptors on one sendmsg");
+      const std::size_t bytes = sizeof(int) * total;
       std::memset(control, 0, CMSG_SPACE(bytes));
       msg.msg_control = control;
       msg.msg_controllen = CMSG_SPACE(bytes);
@@ -244,10 +285,12 @@ struct stream_state {
       c->cmsg_type = SCM_RIGHTS;
       c->cmsg_len = CMSG_LEN(bytes);
       unsigned char* out = CMSG_DATA(c);
-      for (const unique_fd& fd : passing) {
-        const int raw = fd.get();
-        std::memcpy(out, &raw, sizeof raw);
-        out += sizeof raw;
+      for (const fd_group& g : passing) {
+        for (const unique_fd& fd : g.fds) {
+          const int raw = fd.get();
+          std::memcpy(out, &raw, sizeof raw);
+          out += sizeof raw;
+        }
       }
     }
     return sys::sendmsg(owner.fd_.get(), &msg, MSG_NOSIGNAL);
@@ -260,7 +303,8 @@ struct stream_state {
     completed.clear();
     std::error_code failed;
     while (!queue.empty()) {
-      auto n = send_front();
+      std::size_t carried = 0;
+      auto n = send_front(carried);
       if (!n) {
         const int err = n.error().value();  // an errno: sys:: reports nothing else
         if (err == EAGAIN || err == EWOULDBLOCK) {
@@ -270,9 +314,11 @@ struct stream_state {
         }
         break;
       }
-      if (fd_group* sent_fds = queue.front().carried()) {
-        sent_fds->fds.clear();  // they went with the first byte of this sendmsg
-        ++queue.front().next_group;
+      if (carried > 0) {
+        // They went with this sendmsg, which carried their writes' first bytes.
+        write_req& front = queue.front();
+        for (std::size_t g = 0; g < carried; ++g) front.groups[front.next_group + g].fds.clear();
+        front.next_group += carried;
       }
       std::size_t left = *n;
       queued_bytes -= left;
@@ -641,12 +687,16 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
   const std::size_t n = data.size();
   std::size_t sent = 0;
   const bool small = n < detail::coalesce_below;
-  if ((!small || !fds.empty()) && s.queue.empty() && !s.want_writable && !s.connecting) {
-    // A large write, or one with descriptors, gains nothing from waiting for others: it goes
-    // out now, and only what the kernel does not take is queued (no copy in the common case).
-    // Its callback still runs later, from the flush, never inside write().
+  if (!small && s.queue.empty() && !s.want_writable && !s.connecting) {
+    // A large write gains nothing from waiting for others: it goes out now, and only what the
+    // kernel does not take is queued (no copy in the common case). Its callback still runs
+    // later, from the flush, never inside write(). Small writes wait for the flush, which sends
+    // many in one system call, those with descriptors included (see fd_batch_bytes).
     iovec iov{const_cast<std::byte*>(data.data()), n};
-    auto r = s.write_vectored(&iov, 1, fds);
+    detail::fd_group passing{0, std::move(fds)};
+    auto r = s.write_vectored(&iov, 1, passing.fds.empty() ? std::span<const detail::fd_group>()
+                                                            : std::span(&passing, 1));
+    fds = std::move(passing.fds);
     if (r) {
       fds.clear();  // they went with the first byte
       sent = *r;
@@ -706,7 +756,7 @@ result<std::size_t> stream::try_write(std::span<const std::byte> data) noexcept 
   if (!fd_.is_open() || !state_ || state_->shut) return fail(errno_code(EPIPE));
   if (!state_->queue.empty() || state_->connecting) return fail(errno_code(EAGAIN));
   iovec iov{const_cast<std::byte*>(data.data()), data.size()};
-  return state_->write_vectored(&iov, 1, {});
+  return state_->write_vectored(&iov, 1, std::span<const detail::fd_group>());
 }
 
 void stream::shutdown(write_callback cb) {

@@ -42,10 +42,15 @@ inline constexpr std::size_t max_fds_per_write = 253;
 /// Callbacks complete in order. write() returns false once the queue holds more than the high
 /// water mark (the data is still queued); on_drain fires when it falls to the low mark. A
 /// write's descriptors travel on the sendmsg() that carries its first byte and are closed once
-/// that byte is sent. A write of 4 KiB or more, or one with descriptors, made while nothing
-/// is queued is tried at once (only what the kernel does not take is copied and queued); its
-/// callback still runs later, never inside write(). Writing never raises SIGPIPE: a closed peer is
-/// EPIPE (or ECONNRESET) in the write callbacks, pipes included.
+/// that byte is sent. On Linux, small queued writes with descriptors share a sendmsg() when
+/// their first bytes lie within 2 KiB of each other (at most max_fds_per_write descriptors in
+/// all): the kernel takes such a sendmsg whole or not at all, and a reader gets every set with
+/// the read that holds its write's first byte, or with an earlier one if it reads in pieces
+/// smaller than 2 KiB. So tie descriptors to messages by counting them (as a frame header
+/// can), never by read boundaries. A write of 4 KiB or more made while nothing is queued is
+/// tried at once (only what the kernel does not take is copied and queued); its callback still
+/// runs later, never inside write(). Writing never raises SIGPIPE: a closed peer is EPIPE (or
+/// ECONNRESET) in the write callbacks, pipes included.
 ///
 /// **Lifetime.** The stream is active (keeps the loop running) while it reads, has queued
 /// writes, or has a shutdown pending. close() cancels queued writes (their callbacks get
