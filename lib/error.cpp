@@ -25,6 +25,9 @@ class category final : public std::error_category {
         return "exit status unknown: the child was reaped by someone else";
       case errc::eof:
         return "end of stream";
+      case errc::sigchld_ignored:
+        return "SIGCHLD is ignored (SIG_IGN or SA_NOCLDWAIT): the kernel would reap children and "
+               "their exit status would be lost";
     }
     return "unknown kin error " + std::to_string(value);
   }

@@ -12,6 +12,7 @@ namespace detail {
 
 loop_impl::~loop_impl() {
   KIN_ASSERT(!running_, "kin::loop destroyed from inside one of its own callbacks");
+  processes_.reset();  // its handles use the signal plumbing
   signals_.reset();
   KIN_ASSERT(attached_ == 0,
              "kin::loop destroyed while watchers, timers or other handles are still attached "

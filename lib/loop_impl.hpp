@@ -97,6 +97,14 @@ class loop_impl {
 
   backend& poller() noexcept { return backend_; }
 
+  // Per-loop state that a module above the reactor keeps with the loop (the process module's
+  // reaper). Destroyed first when the loop goes, before the count of attached handles is
+  // checked, so the handles it owns may still be attached then.
+  struct extension {
+    virtual ~extension() = default;
+  };
+  std::unique_ptr<extension>& process_extension() noexcept { return processes_; }
+
   // One read buffer for every stream of the loop: reads happen one at a time on the loop's
   // thread, and what a read callback gets is valid only while it runs. Sized to take in one
   // read what a socket's default receive buffer holds.
@@ -123,6 +131,7 @@ class loop_impl {
   void run_deferred() noexcept;
 
   backend backend_;
+  std::unique_ptr<extension> processes_;
   std::uint64_t now_ns_ = 0;
   bool running_ = false;
   std::atomic<bool> stop_requested_{false};

@@ -21,6 +21,7 @@ ASYNC_SIGNAL_SAFE = {
     "pipe2", "read", "write", "setgid", "setuid", "setsid", "setpgid", "setgroups",
     "sigaction", "sigemptyset", "sigfillset", "sigaddset", "sigdelset", "sigprocmask",
     "pthread_sigmask", "signal", "syscall", "getdents64", "umask", "ioctl", "raise",
+    "lseek", "lseek64",
 }
 # Helpers that are not in the list but are safe: errno's location, stack protection, and the
 # compiler's own memory primitives on plain buffers.

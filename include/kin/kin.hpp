@@ -6,6 +6,7 @@
 #include <kin/fd_kind.hpp>
 #include <kin/handle.hpp>
 #include <kin/loop.hpp>
+#include <kin/process.hpp>
 #include <kin/result.hpp>
 #include <kin/signal.hpp>
 #include <kin/stream.hpp>

@@ -19,6 +19,7 @@ enum class errc {
   unknown_handle_type,      ///< a received descriptor or handle label kin cannot rebuild
   status_unknown,           ///< a child's exit status was collected by someone else
   eof,                      ///< the peer closed its end: no more bytes will arrive
+  sigchld_ignored,          ///< SIGCHLD is ignored (SIG_IGN, SA_NOCLDWAIT): statuses would be lost
 };
 
 /// The category of kin::errc; its name is "kin".

@@ -1,0 +1,109 @@
+// Creating children on Linux: clone(CLONE_VM|CLONE_VFORK) on a stack of their own, with a
+// pidfd from CLONE_PIDFD, and signalling them through that pidfd.
+#include "spawn_backend.hpp"
+
+#include "posix/sys.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000  // Linux 5.2
+#endif
+
+namespace kin::detail::spawn_backend {
+
+namespace {
+
+// The child's stack: run_child needs little (its largest frame is a 4 KiB getdents64 buffer),
+// execve a little more.
+constexpr std::size_t child_stack_size = 64 * 1024;
+
+// Set once CLONE_PIDFD was refused (a kernel before 5.2): later spawns do not ask again.
+std::atomic<bool> no_clone_pidfd{false};
+
+class stack_mapping {
+ public:
+  stack_mapping() noexcept
+      : base_(::mmap(nullptr, child_stack_size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)) {}
+  stack_mapping(const stack_mapping&) = delete;
+  stack_mapping& operator=(const stack_mapping&) = delete;
+  ~stack_mapping() {
+    if (base_ != MAP_FAILED) ::munmap(base_, child_stack_size);
+  }
+  [[nodiscard]] bool ok() const noexcept { return base_ != MAP_FAILED; }
+  // Stacks grow down on every architecture Linux runs kin on.
+  [[nodiscard]] void* top() const noexcept { return static_cast<char*>(base_) + child_stack_size; }
+
+ private:
+  void* base_;
+};
+
+// Blocks every signal in this thread for its lifetime: no handler may run in the child, which
+// shares this thread's memory and stack pointer's neighbourhood until it execs, and the child
+// starts with this mask (it resets dispositions, then empties the mask).
+class all_signals_blocked {
+ public:
+  all_signals_blocked() noexcept {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old_);
+  }
+  all_signals_blocked(const all_signals_blocked&) = delete;
+  all_signals_blocked& operator=(const all_signals_blocked&) = delete;
+  ~all_signals_blocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+
+ private:
+  sigset_t old_;
+};
+
+}  // namespace
+
+result<started> start_child(const async_safe::child_plan& plan) noexcept {
+  stack_mapping stack;
+  if (!stack.ok()) return fail(sys::last_error());
+  void* arg = const_cast<async_safe::child_plan*>(&plan);
+  all_signals_blocked blocked;
+  // CLONE_VFORK suspends this thread until the child calls execve or _exit; CLONE_VM spares
+  // copying the page tables, which is what makes fork() cost grow with the parent's size.
+  // Without CLONE_SIGHAND the child has its own copy of the signal dispositions to reset.
+  const int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+  int pidfd = -1;
+  pid_t pid = -1;
+  if (!no_clone_pidfd.load(std::memory_order_relaxed)) {
+    pid = ::clone(async_safe::run_child_entry, stack.top(), flags | CLONE_PIDFD, arg, &pidfd);
+    if (pid < 0 && errno == EINVAL) no_clone_pidfd.store(true, std::memory_order_relaxed);
+  }
+  if (pid < 0 && (errno == EINVAL || no_clone_pidfd.load(std::memory_order_relaxed))) {
+    pidfd = -1;
+    pid = ::clone(async_safe::run_child_entry, stack.top(), flags, arg);
+  }
+  if (pid < 0) return fail(sys::last_error());
+  started s{pid, unique_fd(pidfd)};
+  if (!s.pidfd.is_open()) {
+    // Linux 5.3 has pidfd_open where 5.2's CLONE_PIDFD was refused: only for the odd kernel
+    // in between does this fail, and the reaper then falls back to SIGCHLD.
+    const long fd = ::syscall(SYS_pidfd_open, pid, 0);
+    if (fd >= 0) s.pidfd.reset(static_cast<int>(fd));
+  }
+  return s;
+}
+
+result<void> signal_child(pid_t pid, int pidfd, int sig) noexcept {
+  if (pidfd >= 0) {
+    if (::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) == 0) return {};
+    if (errno != ENOSYS) return fail(sys::last_error());
+  }
+  if (::kill(pid, sig) != 0) return fail(sys::last_error());
+  return {};
+}
+
+}  // namespace kin::detail::spawn_backend
