@@ -220,9 +220,9 @@ class KIN_API process {
 /// that failed leaves no zombie. Blocks the calling thread only for that (the child does not
 /// copy the parent's memory, so the time does not grow with the parent's size).
 ///
-/// Errors (spawn_step::prepare): EINVAL for an empty args, an empty file, a stdio plan naming
-/// a negative descriptor or a pipe at a descriptor that is not one; EBADF for a stdio::fd that
-/// is not open; kin::errc::sigchld_ignored when SIGCHLD is ignored (SIG_IGN or
+/// Errors (spawn_step::prepare): EINVAL for an empty args, an empty file, a kill_signal that
+/// is not a signal, a stdio::fd with a negative descriptor; EBADF for a stdio::fd that is not
+/// open; kin::errc::sigchld_ignored when SIGCHLD is ignored (SIG_IGN or
 /// SA_NOCLDWAIT), because the kernel would then reap the child and its status be lost.
 /// EMFILE, ENOMEM and the like while preparing.
 KIN_API result<process, spawn_error> spawn(loop& l, const spawn_options& options);

@@ -12,6 +12,8 @@
 namespace kin_test_child {
 // The handle-passing behaviours (child_handles.cpp): -1 when `behaviour` is none of them.
 int handles_main(std::string_view behaviour);
+// The process behaviours (child_process.cpp): -1 when `behaviour` is none of them.
+int process_main(std::string_view behaviour, int argc, char** argv);
 }  // namespace kin_test_child
 
 namespace {
@@ -41,6 +43,7 @@ int main(int argc, char** argv) {
   if (what == "list-fds") return list_fds();
   if (what == "exit") return 0;
   if (const int rc = kin_test_child::handles_main(what); rc != -1) return rc;
+  if (const int rc = kin_test_child::process_main(what, argc, argv); rc != -1) return rc;
   if (what == "loop-destroyed-with-timer") {
     auto l = std::make_unique<kin::loop>();
     auto t = std::make_unique<kin::timer>(*l, [] {});
