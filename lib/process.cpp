@@ -403,6 +403,17 @@ result<void> build_stdio(const spawn_options& o, prepared& p) {
   return {};
 }
 
+// The bound of the child's last-resort close loop (no close_range, no /proc): the descriptor
+// limit as it was at the first spawn (a getrlimit per spawn is not worth that rare case).
+int descriptor_limit() noexcept {
+  static const int limit = [] {
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 1 << 20;
+    return static_cast<int>(std::min<rlim_t>(lim.rlim_cur, 1 << 20));
+  }();
+  return limit;
+}
+
 // SIGCHLD set to SIG_IGN, or SA_NOCLDWAIT, makes the kernel reap children itself: waitpid would
 // then fail with ECHILD for every child, so refuse before starting one.
 bool sigchld_ignored() noexcept {
@@ -517,11 +528,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   auto report = make_pipe();
   if (!report) return fail(prepare_error(report.error(), shown));
 
-  rlimit lim{};
-  int fd_limit = 1024;
-  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
-    fd_limit = static_cast<int>(std::min<rlim_t>(lim.rlim_cur, 1 << 20));
-  }
+  const int fd_limit = descriptor_limit();
 
   async_safe::child_plan plan{};
   plan.candidates = p.candidate_ptrs.data();
@@ -543,6 +550,15 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   plan.keep_below = static_cast<int>(o.stdio.size());
   plan.fd_limit = fd_limit;
   plan.report_fd = report->write.get();
+  if (o.close_other_fds && spawn_backend::can_share_fd_table()) {
+    // The child needs no descriptor at or above this: the targets, the sources, the report
+    // pipe. Everything else would be closed in it anyway.
+    int needed = std::max(plan.keep_below, plan.report_fd + 1);
+    for (const async_safe::fd_action& a : p.actions) {
+      if (a.what == async_safe::fd_action::kind::dup) needed = std::max(needed, a.source + 1);
+    }
+    plan.unshare_below = needed;
+  }
 
   auto started = spawn_backend::start_child(plan);
   if (!started) return fail(spawn_error{spawn_step::fork, started.error(), shown});
@@ -582,7 +598,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   reaper& r = reaper::of(l);
   auto state = std::make_unique<process_state>(l, r);
   state->pid = started->pid;
-  state->pidfd = std::move(started->pidfd);
+  state->pidfd = spawn_backend::move_out_of_the_way(std::move(started->pidfd));
   state->kill_signal = o.kill_signal;
   state->set_running(true);
   state->streams.resize(o.stdio.size());

@@ -23,6 +23,14 @@ struct started {
 /// size). Errors: EAGAIN, ENOMEM (spawn_step::fork).
 result<started> start_child(const async_safe::child_plan& plan) noexcept;
 
+/// True where start_child honours child_plan::unshare_below (the child shares the parent's
+/// descriptor table until it takes a copy of the low part).
+bool can_share_fd_table() noexcept;
+
+/// Moves a child's pidfd to a high descriptor number, out of the range that children copy (see
+/// child_plan::unshare_below); returns it unchanged where there is no room up there.
+unique_fd move_out_of_the_way(unique_fd pidfd) noexcept;
+
 /// Sends `sig` to the child: through its pidfd when it has one, else kill(2) (the caller
 /// guarantees the child is not reaped yet, so the pid is still its own).
 result<void> signal_child(pid_t pid, int pidfd, int sig) noexcept;

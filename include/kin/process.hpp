@@ -161,7 +161,9 @@ KIN_API const char* to_string(spawn_step step) noexcept;
 ///
 /// Destroying a process whose child still runs is safe: the loop goes on reaping it (and, if
 /// the process was ref'd, keeps running until it has), without calling anything. Moving a
-/// process keeps its callbacks and pipes.
+/// process keeps its callbacks and pipes. Like a handle, a process must be destroyed before
+/// its loop; a loop destroyed while children it should reap still run forgets them (they
+/// become zombies when they end, until this process exits).
 class KIN_API process {
  public:
   /// `ec` is empty for a child that was reaped; then exactly one of exit_status (>= 0) and

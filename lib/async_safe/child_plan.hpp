@@ -75,6 +75,12 @@ struct child_plan {
   int fd_limit;
   /// The write end of the close-on-exec report pipe.
   int report_fd;
+  /// Non-zero when the child was created sharing the parent's descriptor table (CLONE_FILES):
+  /// its first step is then to take a copy of the descriptors below this number only
+  /// (close_range(unshare_below, ~0U, CLOSE_RANGE_UNSHARE)), which the parent chose above every
+  /// descriptor the plan uses. Copying the parent's whole table is what makes a spawn slower the
+  /// more descriptors the parent has open (kin's own pidfds among them).
+  int unshare_below;
 };
 
 /// Runs the plan in a newly created child (all signals blocked by the parent around its

@@ -26,6 +26,10 @@ result<started> start_child(const async_safe::child_plan& plan) noexcept {
   return started{pid, unique_fd()};
 }
 
+bool can_share_fd_table() noexcept { return false; }
+
+unique_fd move_out_of_the_way(unique_fd pidfd) noexcept { return pidfd; }
+
 result<void> signal_child(pid_t pid, int, int sig) noexcept {
   if (::kill(pid, sig) != 0) return fail(sys::last_error());
   return {};

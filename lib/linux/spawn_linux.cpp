@@ -4,13 +4,16 @@
 
 #include "posix/sys.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -29,23 +32,48 @@ constexpr std::size_t child_stack_size = 64 * 1024;
 // Set once CLONE_PIDFD was refused (a kernel before 5.2): later spawns do not ask again.
 std::atomic<bool> no_clone_pidfd{false};
 
+// The child's stack, one per spawning thread and kept for its next spawn: mapping a fresh one
+// each time costs page faults and zeroing, and unmapping it a TLB flush on every CPU the
+// process ran on. A thread spawns one child at a time (it is suspended until the child execs).
 class stack_mapping {
  public:
-  stack_mapping() noexcept
-      : base_(::mmap(nullptr, child_stack_size, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)) {}
+  stack_mapping() noexcept = default;
   stack_mapping(const stack_mapping&) = delete;
   stack_mapping& operator=(const stack_mapping&) = delete;
   ~stack_mapping() {
     if (base_ != MAP_FAILED) ::munmap(base_, child_stack_size);
   }
-  [[nodiscard]] bool ok() const noexcept { return base_ != MAP_FAILED; }
+  // Maps it on first use.
+  [[nodiscard]] bool ok() noexcept {
+    if (base_ == MAP_FAILED) {
+      base_ = ::mmap(nullptr, child_stack_size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    }
+    return base_ != MAP_FAILED;
+  }
   // Stacks grow down on every architecture Linux runs kin on.
   [[nodiscard]] void* top() const noexcept { return static_cast<char*>(base_) + child_stack_size; }
 
  private:
-  void* base_;
+  void* base_ = MAP_FAILED;
 };
+
+thread_local stack_mapping child_stack;
+
+// Where pidfds go: half the descriptor limit (at most 65536), when the limit leaves room for
+// thousands of children above what an application usually opens; 0 otherwise. Read once: it
+// only places descriptors, and a later change of the limit does not make the placement wrong.
+int pidfd_base() noexcept {
+  static const int base = [] {
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return 0;
+    const rlim_t soft = lim.rlim_cur;
+    if (soft != RLIM_INFINITY && soft < 4096) return 0;
+    const rlim_t half = soft == RLIM_INFINITY ? rlim_t{65536} : soft / 2;
+    return static_cast<int>(std::min<rlim_t>(half, 65536));
+  }();
+  return base;
+}
 
 // Blocks every signal in this thread for its lifetime: no handler may run in the child, which
 // shares this thread's memory and stack pointer's neighbourhood until it execs, and the child
@@ -68,14 +96,16 @@ class all_signals_blocked {
 }  // namespace
 
 result<started> start_child(const async_safe::child_plan& plan) noexcept {
-  stack_mapping stack;
+  stack_mapping& stack = child_stack;
   if (!stack.ok()) return fail(sys::last_error());
   void* arg = const_cast<async_safe::child_plan*>(&plan);
   all_signals_blocked blocked;
   // CLONE_VFORK suspends this thread until the child calls execve or _exit; CLONE_VM spares
   // copying the page tables, which is what makes fork() cost grow with the parent's size.
-  // Without CLONE_SIGHAND the child has its own copy of the signal dispositions to reset.
-  const int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+  // CLONE_FILES spares copying the descriptor table: the child copies only its low part (see
+  // child_plan::unshare_below). Without CLONE_SIGHAND the child has its own copy of the signal
+  // dispositions to reset.
+  const int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (plan.unshare_below > 0 ? CLONE_FILES : 0);
   int pidfd = -1;
   pid_t pid = -1;
   if (!no_clone_pidfd.load(std::memory_order_relaxed)) {
@@ -95,6 +125,16 @@ result<started> start_child(const async_safe::child_plan& plan) noexcept {
     if (fd >= 0) s.pidfd.reset(static_cast<int>(fd));
   }
   return s;
+}
+
+bool can_share_fd_table() noexcept { return true; }
+
+unique_fd move_out_of_the_way(unique_fd pidfd) noexcept {
+  const int base = pidfd_base();
+  if (base == 0 || !pidfd.is_open() || pidfd.get() >= base) return pidfd;
+  const int moved = ::fcntl(pidfd.get(), F_DUPFD_CLOEXEC, base);
+  if (moved < 0) return pidfd;  // EMFILE: no room up there; it works where it is
+  return unique_fd(moved);
 }
 
 result<void> signal_child(pid_t pid, int pidfd, int sig) noexcept {
