@@ -92,6 +92,9 @@ spawn_step step_of(int reported) noexcept {
 
 bool valid_signal(int sig) noexcept { return sig > 0 && sig < NSIG; }
 
+// From this many children alive in a loop on, new pidfds move out of the low descriptor range.
+constexpr std::size_t many_children = 64;
+
 }  // namespace
 
 class reaper;
@@ -172,6 +175,8 @@ class reaper : public loop_impl::extension {
     due(p.pid);
     return {};
   }
+
+  [[nodiscard]] std::size_t live_count() const noexcept { return live_.size(); }
 
   void remove(process_state& p) noexcept {
     auto it = live_.find(p.pid);
@@ -598,7 +603,11 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   reaper& r = reaper::of(l);
   auto state = std::make_unique<process_state>(l, r);
   state->pid = started->pid;
-  state->pidfd = spawn_backend::move_out_of_the_way(std::move(started->pidfd));
+  // With many children alive their pidfds would fill the low descriptor numbers that every
+  // spawn's child copies; with few, moving them costs more than it saves.
+  state->pidfd = r.live_count() >= many_children
+                     ? spawn_backend::move_out_of_the_way(std::move(started->pidfd))
+                     : std::move(started->pidfd);
   state->kill_signal = o.kill_signal;
   state->set_running(true);
   state->streams.resize(o.stdio.size());
