@@ -630,6 +630,22 @@ TEST_CASE("a child the test reaped itself is reported as status unknown, never a
   CHECK(k.error() == std::errc::no_such_process);
 }
 
+TEST_CASE("without pidfds children are reaped through SIGCHLD, statuses and ECHILD included",
+          "[process]") {
+  leak_guard leaks;
+  fixture f;
+  // KIN_PIDFD=0 makes kin in the helper work as on a kernel before 5.3: it spawns three
+  // children of its own and checks their exits (7, SIGTERM, reaped behind its back) and that it
+  // holds no pidfd meanwhile.
+  auto o = reporting({"reap-without-pidfd"});
+  o.env = {{"KIN_PIDFD", "0"}};
+  CHECK(report_of(f, o) == "ok\n");
+  // The same helper with pidfds finds one: the check above can fail.
+  auto w = run_helper(f, reporting({"reap-without-pidfd"}));
+  CHECK(w.exit().exit_status == 1);
+  CHECK(w.out().find("a pidfd is open") != std::string::npos);
+}
+
 TEST_CASE("destroying a process whose child still runs leaves the loop to reap it", "[process]") {
   leak_guard leaks;
   fixture f;

@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <cstdlib>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000  // Linux 5.2
@@ -59,6 +60,17 @@ class stack_mapping {
 };
 
 thread_local stack_mapping child_stack;
+
+// KIN_PIDFD=0 in the environment at the first spawn: no pidfds, so children are reaped through
+// SIGCHLD as on kernels before 5.3 (documented in the README; the tests use it to exercise that
+// path on a kernel that has pidfds).
+bool pidfds_disabled() noexcept {
+  static const bool disabled = [] {
+    const char* v = ::getenv("KIN_PIDFD");
+    return v != nullptr && v[0] == '0' && v[1] == '\0';
+  }();
+  return disabled;
+}
 
 // Where pidfds go: half the descriptor limit (at most 65536), when the limit leaves room for
 // thousands of children above what an application usually opens; 0 otherwise. Read once: it
@@ -106,19 +118,22 @@ result<started> start_child(const async_safe::child_plan& plan) noexcept {
   // child_plan::unshare_below). Without CLONE_SIGHAND the child has its own copy of the signal
   // dispositions to reset.
   const int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (plan.unshare_below > 0 ? CLONE_FILES : 0);
+  const bool want_pidfd = !pidfds_disabled();
+  const bool ask_clone = want_pidfd && !no_clone_pidfd.load(std::memory_order_relaxed);
   int pidfd = -1;
   pid_t pid = -1;
-  if (!no_clone_pidfd.load(std::memory_order_relaxed)) {
+  if (ask_clone) {
     pid = ::clone(async_safe::run_child_entry, stack.top(), flags | CLONE_PIDFD, arg, &pidfd);
+    // Linux before 5.2 refuses the flag: stop asking, and use pidfd_open below.
     if (pid < 0 && errno == EINVAL) no_clone_pidfd.store(true, std::memory_order_relaxed);
   }
-  if (pid < 0 && (errno == EINVAL || no_clone_pidfd.load(std::memory_order_relaxed))) {
+  if (!ask_clone || (pid < 0 && no_clone_pidfd.load(std::memory_order_relaxed))) {
     pidfd = -1;
     pid = ::clone(async_safe::run_child_entry, stack.top(), flags, arg);
   }
   if (pid < 0) return fail(sys::last_error());
   started s{pid, unique_fd(pidfd)};
-  if (!s.pidfd.is_open()) {
+  if (want_pidfd && !s.pidfd.is_open()) {
     // Linux 5.3 has pidfd_open where 5.2's CLONE_PIDFD was refused: only for the odd kernel
     // in between does this fail, and the reaper then falls back to SIGCHLD.
     const long fd = ::syscall(SYS_pidfd_open, pid, 0);

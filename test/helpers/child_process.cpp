@@ -16,11 +16,13 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -192,9 +194,74 @@ int spawn_as_uid() {
 
 }  // namespace
 
+// "reap-without-pidfd": run with KIN_PIDFD=0, spawns this binary three times with kin (exit 7,
+// killed by SIGTERM, reaped behind kin's back) and checks the outcomes, and that no pidfd is
+// open meanwhile; prints "ok" and exits 0, or says what went wrong and exits 1.
+int reap_without_pidfd(const char* self) {
+  kin::loop l;
+  auto start = [&](const char* what, const char* arg) {
+    kin::spawn_options o;
+    o.file = self;
+    o.args = {self, what, arg};
+    o.stdio = {kin::stdio::ignore(), kin::stdio::ignore(), kin::stdio::ignore()};
+    return kin::spawn(l, o);
+  };
+  auto exits = start("exit-code", "7");
+  auto killed = start("sleep", "10000");
+  auto stolen = start("exit-code", "0");
+  if (!exits || !killed || !stolen) {
+    std::printf("spawn failed\n");
+    return 1;
+  }
+  // No pidfd may be open: the reaper must rely on SIGCHLD.
+  std::string report;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (dirent* e = ::readdir(d)) {
+      char path[300];
+      char link[PATH_MAX];
+      std::snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+      const ssize_t n = ::readlink(path, link, sizeof link - 1);
+      if (n > 0 && std::string_view(link, static_cast<std::size_t>(n)).find("pidfd") !=
+                       std::string_view::npos) {
+        report += std::string("a pidfd is open: ") + e->d_name + "; ";
+      }
+    }
+    ::closedir(d);
+  }
+  int stolen_status = 0;
+  while (::waitpid(stolen->pid(), &stolen_status, 0) < 0 && errno == EINTR) {
+  }
+  int results = 0;
+  exits->on_exit([&](std::error_code ec, int status, int sig) {
+    if (ec || status != 7 || sig != 0) report += "exit-code 7 misreported; ";
+    ++results;
+  });
+  killed->on_exit([&](std::error_code ec, int status, int sig) {
+    if (ec || status != -1 || sig != SIGTERM) report += "SIGTERM misreported; ";
+    ++results;
+  });
+  stolen->on_exit([&](std::error_code ec, int, int) {
+    if (ec != kin::errc::status_unknown) report += "ECHILD not reported as status unknown; ";
+    ++results;
+  });
+  if (!killed->kill(SIGTERM)) report += "kill failed; ";
+  kin::timer deadline(l, [&] { l.stop(); });
+  deadline.unref();
+  (void)deadline.start(std::chrono::seconds(10));
+  l.run();
+  if (results != 3) report += "not every child was reported; ";
+  if (!report.empty()) {
+    std::printf("%s\n", report.c_str());
+    return 1;
+  }
+  std::printf("ok\n");
+  return 0;
+}
+
 int process_main(std::string_view behaviour, int argc, char** argv) {
   const char* arg2 = argc > 2 ? argv[2] : nullptr;
   long n = 0;
+  if (behaviour == "reap-without-pidfd") return reap_without_pidfd("/proc/self/exe");
   if (behaviour == "exit-code") {
     // "exit-code N": exits with status N.
     return parse_int(arg2, n) ? static_cast<int>(n) : 2;
