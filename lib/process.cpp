@@ -92,6 +92,14 @@ spawn_step step_of(int reported) noexcept {
 
 bool valid_signal(int sig) noexcept { return sig > 0 && sig < NSIG; }
 
+// Kills a child that kin cannot watch and collects it, so that it never stays a zombie (it has
+// not been reaped, so its pid is still its own).
+void collect_at_once(pid_t pid) noexcept {
+  (void)::kill(pid, SIGKILL);
+  int ignored = 0;
+  (void)sys::retry([&] { return ::waitpid(pid, &ignored, 0); });
+}
+
 // From this many children alive in a loop on, new pidfds move out of the low descriptor range.
 constexpr std::size_t many_children = 64;
 
@@ -131,9 +139,11 @@ struct process_state : handle {
 // signal watcher's callback, so an exit callback may destroy any process (and its watcher).
 class reaper : public loop_impl::extension {
  public:
-  explicit reaper(loop& l) : loop_(l), reap_task_(&reaper::deferred_reap, this) {}
+  // Holds the loop's implementation, not the kin::loop, which may be moved (and whose pointer
+  // to the implementation may already be gone while the implementation destroys this).
+  explicit reaper(loop_impl& l) : loop_(l), reap_task_(&reaper::deferred_reap, this) {}
   ~reaper() override {
-    loop_.impl().cancel(reap_task_);
+    loop_.cancel(reap_task_);
     // Orphans whose children still run are forgotten with the loop: nothing can collect them
     // any more (documented on kin::process).
     orphans_.clear();
@@ -141,11 +151,11 @@ class reaper : public loop_impl::extension {
 
   static reaper& of(loop& l) {
     auto& ext = l.impl().process_extension();
-    if (!ext) ext = std::make_unique<reaper>(l);
+    if (!ext) ext = std::make_unique<reaper>(l.impl());
     return static_cast<reaper&>(*ext);
   }
 
-  loop& owner_loop() noexcept { return loop_; }
+  loop_impl& owner_loop() noexcept { return loop_; }
 
   // Starts watching a child: its pidfd if it has one, else SIGCHLD. Either way it is looked at
   // once at once, in case it ended before the watch began.
@@ -171,6 +181,13 @@ class reaper : public loop_impl::extension {
       }
       swept_.insert(p.pid);
     }
+    // A pid still listed belongs to a child someone else reaped (ECHILD) and the kernel has
+    // given the number to this new one: the old one's status is lost, and the next reap by that
+    // pid must not take this child's.
+    if (auto old = live_.find(p.pid); old != live_.end()) {
+      stale_.push_back(old->second);
+      live_.erase(old);
+    }
     live_.emplace(p.pid, &p);
     due(p.pid);
     return {};
@@ -180,7 +197,11 @@ class reaper : public loop_impl::extension {
 
   void remove(process_state& p) noexcept {
     auto it = live_.find(p.pid);
-    if (it != live_.end() && it->second == &p) live_.erase(it);
+    if (it == live_.end() || it->second != &p) {
+      std::erase(stale_, &p);  // not (or no longer) the owner of its pid
+      return;
+    }
+    live_.erase(it);
     swept_.erase(p.pid);
   }
 
@@ -194,15 +215,20 @@ class reaper : public loop_impl::extension {
 
   void due(pid_t pid) {
     due_.push_back(pid);
-    loop_.impl().defer(reap_task_);
+    loop_.defer(reap_task_);
   }
 
   void sigchld() {
     for (pid_t pid : swept_) due_.push_back(pid);
-    loop_.impl().defer(reap_task_);
+    loop_.defer(reap_task_);
   }
 
   void reap_due() noexcept {
+    while (!stale_.empty()) {
+      process_state* p = stale_.back();
+      stale_.pop_back();
+      finish(*p, make_error_code(errc::status_unknown), -1, 0);
+    }
     std::vector<pid_t> due;
     due.swap(due_);
     for (pid_t pid : due) {
@@ -250,12 +276,13 @@ class reaper : public loop_impl::extension {
     }
   }
 
-  loop& loop_;
+  loop_impl& loop_;
   deferred_task reap_task_;
   std::unique_ptr<signal_watcher> sigchld_;
   std::unordered_map<pid_t, process_state*> live_;  // every child not yet collected
   std::unordered_set<pid_t> swept_;                 // those without a pidfd
   std::vector<pid_t> due_;
+  std::vector<process_state*> stale_;  // found reaped by someone else when their pid came back
   std::unordered_map<process_state*, std::unique_ptr<process_state>> orphans_;
 };
 
@@ -419,6 +446,24 @@ int descriptor_limit() noexcept {
   return limit;
 }
 
+// True when a path the child opens (the program, its candidates, cwd, a stdio file) names a
+// descriptor of the parent (/proc/self/fd/N, /dev/fd/N): the child must then see the parent's
+// whole table, not only the part below the plan's descriptors (see child_plan::unshare_below).
+bool names_descriptors(const spawn_options& o, const prepared& p) {
+  auto through_fd = [](std::string_view path) {
+    return path.starts_with("/proc/self/fd/") || path.starts_with("/proc/thread-self/fd/") ||
+           path.starts_with("/dev/fd/");
+  };
+  if (through_fd(o.cwd)) return true;
+  for (const std::string& c : p.candidates) {
+    if (through_fd(c)) return true;
+  }
+  for (const stdio& s : o.stdio) {
+    if (s.what() == stdio::kind::file && through_fd(s.path())) return true;
+  }
+  return false;
+}
+
 // SIGCHLD set to SIG_IGN, or SA_NOCLDWAIT, makes the kernel reap children itself: waitpid would
 // then fail with ECHILD for every child, so refuse before starting one.
 bool sigchld_ignored() noexcept {
@@ -530,7 +575,11 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   p.argv.push_back(nullptr);
   if (auto r = build_stdio(o, p); !r) return fail(prepare_error(r.error(), shown));
 
-  auto report = make_pipe();
+  // Non-blocking: the child has exec'd or written its whole report by the time start_child
+  // returns (it shares our memory and we were suspended until then), so the read below never
+  // needs to wait. Waiting for EOF instead could hang: a process forked elsewhere meanwhile
+  // may hold a copy of the write end.
+  auto report = make_pipe(fd_mode::nonblocking);
   if (!report) return fail(prepare_error(report.error(), shown));
 
   const int fd_limit = descriptor_limit();
@@ -555,7 +604,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   plan.keep_below = static_cast<int>(o.stdio.size());
   plan.fd_limit = fd_limit;
   plan.report_fd = report->write.get();
-  if (o.close_other_fds && spawn_backend::can_share_fd_table()) {
+  if (o.close_other_fds && spawn_backend::can_share_fd_table() && !names_descriptors(o, p)) {
     // The child needs no descriptor at or above this: the targets, the sources, the report
     // pipe. Everything else would be closed in it anyway.
     int needed = std::max(plan.keep_below, plan.report_fd + 1);
@@ -575,6 +624,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   async_safe::child_report rep{};
   std::size_t got = 0;
   while (got < sizeof rep) {
+    // EAGAIN or EOF: the child exec'd and wrote nothing.
     auto n = sys::read(report->read.get(), reinterpret_cast<char*>(&rep) + got, sizeof rep - got);
     if (!n || *n == 0) break;
     got += *n;
@@ -600,31 +650,38 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
     return fail(spawn_error{step, errno_code(rep.error), path});
   }
 
-  reaper& r = reaper::of(l);
-  auto state = std::make_unique<process_state>(l, r);
-  state->pid = started->pid;
-  // With many children alive their pidfds would fill the low descriptor numbers that every
-  // spawn's child copies; with few, moving them costs more than it saves.
-  state->pidfd = r.live_count() >= many_children
-                     ? spawn_backend::move_out_of_the_way(std::move(started->pidfd))
-                     : std::move(started->pidfd);
-  state->kill_signal = o.kill_signal;
-  state->set_running(true);
-  state->streams.resize(o.stdio.size());
-  for (auto& [child_fd, end] : p.parent_ends) {
-    auto s = std::make_unique<stream>(l);
-    // Cannot fail for a pipe or socketpair end just made; if it did, the entry stays null.
-    if (s->open(std::move(end))) state->streams[static_cast<std::size_t>(child_fd)] = std::move(s);
+  // From here on the child runs: nothing may leave it unwatched. If an allocation throws, kill
+  // and collect it before passing the exception on.
+  try {
+    reaper& r = reaper::of(l);
+    auto state = std::make_unique<process_state>(l, r);
+    state->pid = started->pid;
+    // With many children alive their pidfds would fill the low descriptor numbers that every
+    // spawn's child copies; with few, moving them costs more than it saves.
+    state->pidfd = r.live_count() >= many_children
+                       ? spawn_backend::move_out_of_the_way(std::move(started->pidfd))
+                       : std::move(started->pidfd);
+    state->kill_signal = o.kill_signal;
+    state->set_running(true);
+    state->streams.resize(o.stdio.size());
+    for (auto& [child_fd, end] : p.parent_ends) {
+      auto s = std::make_unique<stream>(l);
+      // Cannot fail for a pipe or socketpair end just made; if it did, the entry stays null.
+      if (s->open(std::move(end))) {
+        state->streams[static_cast<std::size_t>(child_fd)] = std::move(s);
+      }
+    }
+    if (auto w = r.add(*state); !w) {
+      // Nothing could tell us when it ends: do not leave it unwatched. Kill and collect it.
+      collect_at_once(started->pid);
+      state->exited = true;
+      return fail(spawn_error{spawn_step::prepare, w.error(), shown});
+    }
+    return process(std::move(state));
+  } catch (...) {
+    collect_at_once(started->pid);
+    throw;
   }
-  if (auto w = r.add(*state); !w) {
-    // Nothing could tell us when it ends: do not leave it unwatched. Kill and collect it.
-    (void)::kill(state->pid, SIGKILL);
-    int ignored = 0;
-    (void)sys::retry([&] { return ::waitpid(state->pid, &ignored, 0); });
-    state->exited = true;
-    return fail(spawn_error{spawn_step::prepare, w.error(), shown});
-  }
-  return process(std::move(state));
 }
 
 }  // namespace kin

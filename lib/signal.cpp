@@ -197,6 +197,7 @@ void loop_impl::signal_stop(signal_watcher& w) noexcept {
 }  // namespace detail
 
 signal_watcher::signal_watcher(loop& l, callback cb) : handle(l), cb_(std::move(cb)) {}
+signal_watcher::signal_watcher(detail::loop_impl& l, callback cb) : handle(l), cb_(std::move(cb)) {}
 
 signal_watcher::~signal_watcher() { stop(); }
 

@@ -767,6 +767,38 @@ TEST_CASE("cwd is the child's working directory", "[process]") {
   CHECK(report_of(f, o) == std::filesystem::current_path().string() + "\n");
 }
 
+TEST_CASE("paths through the parent's descriptors reach them, however high they are", "[process]") {
+  leak_guard leaks;
+  const kin_test::temp_dir dir("kin-process");
+  // High numbers, above every descriptor the plan uses: a child that copied only the low part
+  // of the parent's table would not find them.
+  kin::unique_fd dir_fd(::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(dir_fd.is_open());
+  const kin::unique_fd high_dir(::fcntl(dir_fd.get(), F_DUPFD_CLOEXEC, 900));
+  dir_fd.reset();
+  REQUIRE(high_dir.get() >= 900);
+  auto p = kin::make_pipe();
+  REQUIRE(p);
+  kin::unique_fd high_write(::fcntl(p->write.get(), F_DUPFD_CLOEXEC, 901));
+  REQUIRE(high_write.get() >= 901);
+  {
+    fixture f;
+    auto o = reporting({"print-cwd"});
+    o.cwd = "/proc/self/fd/" + std::to_string(high_dir.get());
+    CHECK(report_of(f, o) == std::filesystem::canonical(dir.path()).string() + "\n");
+    // A stdio file opened through /dev/fd: the child's stdout is the pipe's write end.
+    auto w = quiet({"write-fd", "1", "through /dev/fd"});
+    w.stdio[1] = kin::stdio::file("/dev/fd/" + std::to_string(high_write.get()), O_WRONLY);
+    auto watch = run_helper(f, w);
+    CHECK(watch.exit().exit_status == 0);
+  }
+  high_write.reset();
+  p->write.reset();
+  char buf[64] = {};
+  const ssize_t n = ::read(p->read.get(), buf, sizeof buf - 1);
+  CHECK(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0) == "through /dev/fd\n");
+}
+
 // ---- the stdio plan --------------------------------------------------------------------------
 
 TEST_CASE("a child reads its stdin pipe and writes its stdout and stderr pipes", "[process]") {

@@ -29,6 +29,8 @@ class KIN_API signal_watcher : public handle {
   using callback = std::function<void(int signo)>;
 
   signal_watcher(loop& l, callback cb);
+  /// For kin's own handles, which know their loop by its implementation.
+  signal_watcher(detail::loop_impl& l, callback cb);
   ~signal_watcher();
 
   /// Starts watching `signo` (stopping any signal watched before).

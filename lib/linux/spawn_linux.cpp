@@ -29,6 +29,7 @@ namespace {
 // The child's stack: run_child needs little (its largest frame is a 4 KiB getdents64 buffer),
 // execve a little more.
 constexpr std::size_t child_stack_size = 64 * 1024;
+constexpr std::size_t guard_size = 4096;  // the lowest page of the mapping (at least one page)
 
 // Set once CLONE_PIDFD was refused (a kernel before 5.2): later spawns do not ask again.
 std::atomic<bool> no_clone_pidfd{false};
@@ -44,11 +45,16 @@ class stack_mapping {
   ~stack_mapping() {
     if (base_ != MAP_FAILED) ::munmap(base_, child_stack_size);
   }
-  // Maps it on first use.
+  // Maps it on first use, with an inaccessible page below it: the child shares the parent's
+  // memory, so an overflow must fault rather than write into whatever lies below.
   [[nodiscard]] bool ok() noexcept {
     if (base_ == MAP_FAILED) {
       base_ = ::mmap(nullptr, child_stack_size, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+      if (base_ != MAP_FAILED && ::mprotect(base_, guard_size, PROT_NONE) != 0) {
+        ::munmap(base_, child_stack_size);
+        base_ = MAP_FAILED;
+      }
     }
     return base_ != MAP_FAILED;
   }
@@ -90,19 +96,28 @@ int pidfd_base() noexcept {
 // Blocks every signal in this thread for its lifetime: no handler may run in the child, which
 // shares this thread's memory and stack pointer's neighbourhood until it execs, and the child
 // starts with this mask (it resets dispositions, then empties the mask).
+//
+// Thread cancellation is disabled too: the child runs on this thread's TLS, and the C library's
+// open/close/write are cancellation points that would act on a pthread_cancel aimed at this
+// thread from inside the child (glibc's posix_spawn disables it for the same reason).
 class all_signals_blocked {
  public:
   all_signals_blocked() noexcept {
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state_);
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old_);
   }
   all_signals_blocked(const all_signals_blocked&) = delete;
   all_signals_blocked& operator=(const all_signals_blocked&) = delete;
-  ~all_signals_blocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  ~all_signals_blocked() {
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    pthread_setcancelstate(cancel_state_, nullptr);
+  }
 
  private:
   sigset_t old_;
+  int cancel_state_ = PTHREAD_CANCEL_ENABLE;
 };
 
 }  // namespace
@@ -124,7 +139,8 @@ result<started> start_child(const async_safe::child_plan& plan) noexcept {
   pid_t pid = -1;
   if (ask_clone) {
     pid = ::clone(async_safe::run_child_entry, stack.top(), flags | CLONE_PIDFD, arg, &pidfd);
-    // Linux before 5.2 refuses the flag: stop asking, and use pidfd_open below.
+    // A kernel that refuses the flag (EINVAL): stop asking, and use pidfd_open below. Kernels
+    // before 5.2 ignore the bit instead (it was CLONE_PID's), leaving pidfd at -1: the same.
     if (pid < 0 && errno == EINVAL) no_clone_pidfd.store(true, std::memory_order_relaxed);
   }
   if (!ask_clone || (pid < 0 && no_clone_pidfd.load(std::memory_order_relaxed))) {
