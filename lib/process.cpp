@@ -92,12 +92,18 @@ spawn_step step_of(int reported) noexcept {
 
 bool valid_signal(int sig) noexcept { return sig > 0 && sig < NSIG; }
 
-// Kills a child that kin cannot watch and collects it, so that it never stays a zombie (it has
-// not been reaped, so its pid is still its own).
-void collect_at_once(pid_t pid) noexcept {
-  (void)::kill(pid, SIGKILL);
+// Waits for a child that has ended or is ending and collects it, so that it never stays a
+// zombie.
+void collect(pid_t pid) noexcept {
   int ignored = 0;
   (void)sys::retry([&] { return ::waitpid(pid, &ignored, 0); });
+}
+
+// Kills a child that kin cannot watch and collects it (it has not been reaped, so its pid is
+// still its own).
+void kill_and_collect(pid_t pid) noexcept {
+  (void)::kill(pid, SIGKILL);
+  collect(pid);
 }
 
 // From this many children alive in a loop on, new pidfds move out of the low descriptor range.
@@ -315,7 +321,10 @@ bool env_name_is(const std::string& entry, std::string_view name) {
          entry[name.size()] == '=';
 }
 
-void build_env(const spawn_options& o, prepared& p) {
+// The child's environment: the parent's own when the options change nothing (no copy on the
+// common path), else a copy with the changes.
+char* const* build_env(const spawn_options& o, prepared& p) {
+  if (!o.clear_env && o.env.empty() && o.env_unset.empty()) return environ;
   if (!o.clear_env) {
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) p.env_storage.emplace_back(*e);
   }
@@ -329,10 +338,11 @@ void build_env(const spawn_options& o, prepared& p) {
   }
   for (std::string& s : p.env_storage) p.envp.push_back(s.data());
   p.envp.push_back(nullptr);
+  return p.envp.data();
 }
 
 // The PATH the child's program is looked up in: the child's own, else the parent's, else the
-// system default.
+// system default. (env_storage is empty when the child gets the parent's environment as is.)
 std::string search_path(const prepared& p) {
   for (const std::string& s : p.env_storage) {
     if (env_name_is(s, "PATH")) return s.substr(5);
@@ -568,10 +578,10 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   if (sigchld_ignored()) return fail(prepare_error(make_error_code(errc::sigchld_ignored), shown));
 
   prepared p;
-  build_env(o, p);
+  char* const* envp = build_env(o, p);
   build_candidates(o, p);
-  std::vector<std::string> args = o.args;  // execve takes char* const*
-  for (std::string& a : args) p.argv.push_back(a.data());
+  // execve takes char* const* but writes through none of them.
+  for (const std::string& a : o.args) p.argv.push_back(const_cast<char*>(a.c_str()));
   p.argv.push_back(nullptr);
   if (auto r = build_stdio(o, p); !r) return fail(prepare_error(r.error(), shown));
 
@@ -588,7 +598,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   plan.candidates = p.candidate_ptrs.data();
   plan.candidate_count = static_cast<int>(p.candidate_ptrs.size());
   plan.argv = p.argv.data();
-  plan.envp = p.envp.data();
+  plan.envp = envp;
   plan.cwd = o.cwd.empty() ? nullptr : o.cwd.c_str();
   plan.setsid = o.detached;
   plan.setpgid = o.process_group.has_value();
@@ -632,8 +642,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   if (got == sizeof rep) {
     // The child failed before exec and called _exit(127): collect it now (it is gone or
     // going), so that no zombie stays.
-    int ignored = 0;
-    (void)sys::retry([&] { return ::waitpid(started->pid, &ignored, 0); });
+    collect(started->pid);
     const spawn_step step = step_of(rep.step);
     std::string path = shown;
     if (step == spawn_step::chdir) {
@@ -673,13 +682,13 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
     }
     if (auto w = r.add(*state); !w) {
       // Nothing could tell us when it ends: do not leave it unwatched. Kill and collect it.
-      collect_at_once(started->pid);
+      kill_and_collect(started->pid);
       state->exited = true;
       return fail(spawn_error{spawn_step::prepare, w.error(), shown});
     }
     return process(std::move(state));
   } catch (...) {
-    collect_at_once(started->pid);
+    kill_and_collect(started->pid);
     throw;
   }
 }

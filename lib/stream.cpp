@@ -223,9 +223,9 @@ struct stream_state {
         // Several writes' descriptors: the bytes stay within fd_batch_bytes, so that the
         // kernel takes all of them or none.
         const std::size_t after = first.next_group + carried;
-        const std::size_t end = std::min(
-            after < first.groups.size() ? first.groups[after].at : first.data.size(),
-            start + fd_batch_bytes);
+        const std::size_t end =
+            std::min(after < first.groups.size() ? first.groups[after].at : first.data.size(),
+                     start + fd_batch_bytes);
         iov[0].iov_base = first.data.data() + start;
         iov[0].iov_len = end - start;
         return write_vectored(iov, 1, std::span(first.groups).subspan(first.next_group, carried));
@@ -694,8 +694,9 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
     // many in one system call, those with descriptors included (see fd_batch_bytes).
     iovec iov{const_cast<std::byte*>(data.data()), n};
     detail::fd_group passing{0, std::move(fds)};
-    auto r = s.write_vectored(&iov, 1, passing.fds.empty() ? std::span<const detail::fd_group>()
-                                                            : std::span(&passing, 1));
+    auto r = s.write_vectored(
+        &iov, 1,
+        passing.fds.empty() ? std::span<const detail::fd_group>() : std::span(&passing, 1));
     fds = std::move(passing.fds);
     if (r) {
       fds.clear();  // they went with the first byte

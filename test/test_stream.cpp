@@ -569,34 +569,62 @@ ino_t inode_of(int fd) {
   return st.st_ino;
 }
 
-// Checks that descriptors arrived with the reads that held their writes' first bytes: `got`'s
-// batches, in order, are the writes' descriptor sets (`counts[i]` for write i, starting at byte
-// `starts[i]`, identified by `inodes[i]`) taken whole and in order, each batch read together
-// with the first byte of every write whose set it carries. Returns how many batches there were.
-std::size_t check_fd_batches(const collector& got, const std::vector<std::size_t>& starts,
-                             const std::vector<std::size_t>& counts,
-                             const std::vector<ino_t>& inodes) {
-  std::size_t write = 0;
-  std::size_t fd_index = 0;
-  for (std::size_t b = 0; b < got.fd_chunks.size(); ++b) {
-    const auto [first, end] = got.fd_chunks[b];
-    std::size_t left = got.fd_chunk_counts[b];
-    while (left > 0) {
-      REQUIRE(write < starts.size());
-      REQUIRE(left >= counts[write]);  // a set is never split across reads
-      CHECK(first <= starts[write]);
-      CHECK(starts[write] < end);
-      for (std::size_t k = 0; k < counts[write]; ++k) {
-        CHECK(inode_of(got.fds[fd_index++].get()) == inodes[write]);
-      }
-      left -= counts[write];
-      ++write;
-    }
+// Writes with descriptors as a test sends them, and what the reader must see: each write's
+// descriptors are duplicates of a pipe made for that write, so its inode tells them apart.
+struct fd_writes {
+  std::string expected;             // every byte written, in order
+  std::vector<std::size_t> starts;  // where each write with descriptors begins in `expected`
+  std::vector<std::size_t> counts;  // how many descriptors it carries
+  std::vector<ino_t> inodes;        // the inode of its pipe
+
+  void plain(kin::stream& s, std::string_view text) {
+    s.write(text);
+    expected += text;
   }
-  CHECK(write == starts.size());
-  CHECK(fd_index == got.fds.size());
-  return got.fd_chunks.size();
-}
+  void with_fds(kin::stream& s, const std::string& frame, std::size_t nfds,
+                kin::stream::write_callback cb = {}) {
+    starts.push_back(expected.size());
+    expected += frame;
+    auto p = kin::make_pipe();
+    REQUIRE(p);
+    inodes.push_back(inode_of(p->write.get()));
+    std::vector<kin::unique_fd> fds;
+    for (std::size_t k = 0; k < nfds; ++k) {
+      auto d = kin::sys::dup_cloexec(p->write.get());
+      REQUIRE(d);
+      fds.push_back(std::move(*d));
+    }
+    counts.push_back(nfds);
+    s.write(bytes_of(frame), std::move(fds), std::move(cb));
+  }
+
+  // Checks that descriptors arrived with the reads that held their writes' first bytes: `got`'s
+  // batches, in order, are the writes' descriptor sets taken whole and in order, each batch read
+  // together with the first byte of every write whose set it carries. Returns how many batches
+  // there were.
+  std::size_t check_batches(const collector& got) const {
+    std::size_t write = 0;
+    std::size_t fd_index = 0;
+    for (std::size_t b = 0; b < got.fd_chunks.size(); ++b) {
+      const auto [first, end] = got.fd_chunks[b];
+      std::size_t left = got.fd_chunk_counts[b];
+      while (left > 0) {
+        REQUIRE(write < starts.size());
+        REQUIRE(left >= counts[write]);  // a set is never split across reads
+        CHECK(first <= starts[write]);
+        CHECK(starts[write] < end);
+        for (std::size_t k = 0; k < counts[write]; ++k) {
+          CHECK(inode_of(got.fds[fd_index++].get()) == inodes[write]);
+        }
+        left -= counts[write];
+        ++write;
+      }
+    }
+    CHECK(write == starts.size());
+    CHECK(fd_index == got.fds.size());
+    return got.fd_chunks.size();
+  }
+};
 
 }  // namespace
 
@@ -609,43 +637,26 @@ TEST_CASE("small queued writes with descriptors share a sendmsg that carries eac
     collector got;
     REQUIRE(pair.reader.read_start(got.callback()));
     // Small writes, with descriptors or without, wait in one buffer for the flush.
-    std::string expected = "head";
-    pair.writer.write(std::string_view("head"));
-    std::vector<std::size_t> starts;
-    std::vector<std::size_t> counts;
-    std::vector<ino_t> inodes;
+    fd_writes sent;
+    sent.plain(pair.writer, "head");
     constexpr int writes = 50;
     int completed = 0;
     for (int i = 0; i < writes; ++i) {
-      const std::string frame = "frame-" + std::to_string(1000 + i);
-      starts.push_back(expected.size());
-      expected += frame;
-      auto p = kin::make_pipe();  // one pipe per write, so its descriptors can be told apart
-      REQUIRE(p);
-      inodes.push_back(inode_of(p->write.get()));
-      std::vector<kin::unique_fd> fds;
-      for (int k = 0; k <= i % 3; ++k) {  // 1, 2 or 3 descriptors
-        auto d = kin::sys::dup_cloexec(p->write.get());
-        REQUIRE(d);
-        fds.push_back(std::move(*d));
-      }
-      counts.push_back(fds.size());
-      pair.writer.write(bytes_of(frame), std::move(fds), [&](std::error_code ec) {
-        CHECK(!ec);
-        ++completed;
-      });
-      if (i % 10 == 9) {  // small writes without descriptors in between
-        pair.writer.write(std::string_view("|"));
-        expected += "|";
-      }
+      // 1, 2 or 3 descriptors
+      sent.with_fds(pair.writer, "frame-" + std::to_string(1000 + i),
+                    static_cast<std::size_t>(i % 3 + 1), [&](std::error_code ec) {
+                      CHECK(!ec);
+                      ++completed;
+                    });
+      if (i % 10 == 9) sent.plain(pair.writer, "|");  // small writes without descriptors
     }
     pair.writer.shutdown();
     l.run();
     CHECK(completed == writes);
-    CHECK(got.data == expected);
+    CHECK(got.data == sent.expected);
     // 100 descriptors in 541 bytes: on Linux one sendmsg carries every set (each on a sendmsg
     // that carries its write's first byte), and the reader gets them with one read.
-    const std::size_t batches = check_fd_batches(got, starts, counts, inodes);
+    const std::size_t batches = sent.check_batches(got);
 #if defined(__linux__)
     CHECK(batches == 1);
 #else
@@ -664,33 +675,17 @@ TEST_CASE("a shared sendmsg stops at 253 descriptors and at 2 KiB of bytes", "[s
     connected_streams pair(l);
     collector got;
     REQUIRE(pair.reader.read_start(got.callback()));
-    std::string expected = "head";
-    pair.writer.write(std::string_view("head"));
-    std::vector<std::size_t> starts;
-    std::vector<std::size_t> counts;
-    std::vector<ino_t> inodes;
+    fd_writes sent;
+    sent.plain(pair.writer, "head");
     constexpr int writes = 40;  // 16 descriptors each: 640 in all
     for (int i = 0; i < writes; ++i) {
-      const std::string frame = pattern(frame_size, static_cast<std::size_t>(i));
-      starts.push_back(expected.size());
-      expected += frame;
-      auto p = kin::make_pipe();
-      REQUIRE(p);
-      inodes.push_back(inode_of(p->write.get()));
-      std::vector<kin::unique_fd> fds;
-      for (int k = 0; k < 16; ++k) {
-        auto d = kin::sys::dup_cloexec(p->write.get());
-        REQUIRE(d);
-        fds.push_back(std::move(*d));
-      }
-      counts.push_back(fds.size());
-      pair.writer.write(bytes_of(frame), std::move(fds));
+      sent.with_fds(pair.writer, pattern(frame_size, static_cast<std::size_t>(i)), 16);
     }
     pair.writer.shutdown();
     l.run();
-    CHECK(got.data == expected);
+    CHECK(got.data == sent.expected);
     CHECK(got.errors.empty());  // no MSG_CTRUNC: no read got more than 253
-    const std::size_t batches = check_fd_batches(got, starts, counts, inodes);
+    const std::size_t batches = sent.check_batches(got);
     for (std::size_t n : got.fd_chunk_counts) CHECK(n <= kin::max_fds_per_write);
 #if defined(__linux__)
     // 15 sets of 16 fit under 253; 300-byte frames: 7 first bytes fit within 2 KiB.

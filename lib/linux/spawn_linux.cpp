@@ -100,17 +100,17 @@ int pidfd_base() noexcept {
 // Thread cancellation is disabled too: the child runs on this thread's TLS, and the C library's
 // open/close/write are cancellation points that would act on a pthread_cancel aimed at this
 // thread from inside the child (glibc's posix_spawn disables it for the same reason).
-class all_signals_blocked {
+class quiet_thread {
  public:
-  all_signals_blocked() noexcept {
+  quiet_thread() noexcept {
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state_);
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old_);
   }
-  all_signals_blocked(const all_signals_blocked&) = delete;
-  all_signals_blocked& operator=(const all_signals_blocked&) = delete;
-  ~all_signals_blocked() {
+  quiet_thread(const quiet_thread&) = delete;
+  quiet_thread& operator=(const quiet_thread&) = delete;
+  ~quiet_thread() {
     pthread_sigmask(SIG_SETMASK, &old_, nullptr);
     pthread_setcancelstate(cancel_state_, nullptr);
   }
@@ -126,7 +126,7 @@ result<started> start_child(const async_safe::child_plan& plan) noexcept {
   stack_mapping& stack = child_stack;
   if (!stack.ok()) return fail(sys::last_error());
   void* arg = const_cast<async_safe::child_plan*>(&plan);
-  all_signals_blocked blocked;
+  quiet_thread quiet;
   // CLONE_VFORK suspends this thread until the child calls execve or _exit; CLONE_VM spares
   // copying the page tables, which is what makes fork() cost grow with the parent's size.
   // CLONE_FILES spares copying the descriptor table: the child copies only its low part (see

@@ -2,6 +2,7 @@
 // `BENCH <name> <unit> kin=<v> <peer>=<v> ratio=<kin/peer>` output format.
 #pragma once
 
+#include <dirent.h>
 #include <time.h>
 
 #include <algorithm>
@@ -19,6 +20,18 @@ namespace kin_bench {
 [[noreturn]] inline void die(const char* what) {
   std::fprintf(stderr, "FATAL: %s\n", what);
   std::abort();
+}
+
+/// The number of descriptors this process holds (checked at the end: no run may leak one).
+inline int open_fd_count() {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) die("opendir /proc/self/fd failed");
+  int n = 0;
+  while (const dirent* e = ::readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(d);
+  return n - 1;  // the directory's own descriptor
 }
 
 inline std::uint64_t read_clock(clockid_t id) noexcept {

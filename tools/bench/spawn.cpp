@@ -143,35 +143,6 @@ run_result run_kin(const run_spec& s) {
 
 // ---- raw posix_spawn and raw fork + error pipe ------------------------------------------------
 
-/// posix_spawn with 0-2 on /dev/null.
-class raw_posix_spawn {
- public:
-  explicit raw_posix_spawn(const std::string& path) : path_(path) {
-    argv_[0] = path_.data();
-    if (posix_spawn_file_actions_init(&fa_) != 0) die("posix_spawn_file_actions_init failed");
-    for (int fd = 0; fd < 3; ++fd) {
-      if (posix_spawn_file_actions_addopen(&fa_, fd, "/dev/null", O_RDWR, 0) != 0) {
-        die("posix_spawn_file_actions_addopen failed");
-      }
-    }
-  }
-  raw_posix_spawn(const raw_posix_spawn&) = delete;
-  raw_posix_spawn& operator=(const raw_posix_spawn&) = delete;
-  ~raw_posix_spawn() { posix_spawn_file_actions_destroy(&fa_); }
-
-  pid_t start() {
-    pid_t pid = -1;
-    const int e = posix_spawn(&pid, path_.c_str(), &fa_, nullptr, argv_, environ);
-    if (e != 0) die(std::string("posix_spawn: ") + std::strerror(e));
-    return pid;
-  }
-
- private:
-  std::string path_;
-  char* argv_[2] = {nullptr, nullptr};
-  posix_spawn_file_actions_t fa_;
-};
-
 /// fork(); in the child 0-2 on /dev/null, then execve; the parent reads a close-on-exec pipe
 /// to EOF (nothing: exec succeeded; an errno: it failed), as libuv 1.44 does.
 class raw_fork_errpipe {
@@ -567,7 +538,9 @@ int main(int argc, char** argv) {
         std::vector<impl> impls = {
             {"kin", run_kin},
             {"posix_spawn",
-             [](const run_spec& s) { return run_raw<raw_posix_spawn>(s, "posix_spawn"); }},
+             [](const run_spec& s) {
+               return run_raw<kin_bench::spawn::raw_spawner>(s, "posix_spawn");
+             }},
             {"fork_errpipe",
              [](const run_spec& s) { return run_raw<raw_fork_errpipe>(s, "fork_errpipe"); }},
             {"libuv", run_libuv}};

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/types.h>
@@ -18,11 +20,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "bench.hpp"
+
+extern char** environ;
 
 namespace kin_bench::spawn {
 
@@ -118,16 +123,7 @@ inline std::vector<std::string> parse_words(const std::string& text) {
   return out;
 }
 
-inline int open_fd_count() {
-  DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) die("opendir /proc/self/fd failed");
-  int n = 0;
-  while (const dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(d);
-  return n - 1;  // the directory's own descriptor
-}
+using kin_bench::open_fd_count;
 
 /// Every process whose parent is this one (zombies included), from /proc, as "pid(state)".
 inline std::vector<std::string> own_children() {
@@ -309,5 +305,44 @@ inline void install_cleanup() {
     ::sigaction(sig, &sa, nullptr);
   }
 }
+
+/// posix_spawn with 0-2 on /dev/null, optionally into a process group.
+class raw_spawner {
+ public:
+  explicit raw_spawner(const std::string& path) : path_(path) {
+    argv_[0] = path_.data();
+    if (posix_spawn_file_actions_init(&fa_) != 0) die("posix_spawn_file_actions_init failed");
+    for (int fd = 0; fd < 3; ++fd) {
+      if (posix_spawn_file_actions_addopen(&fa_, fd, "/dev/null", O_RDWR, 0) != 0) {
+        die("posix_spawn_file_actions_addopen failed");
+      }
+    }
+  }
+  raw_spawner(const raw_spawner&) = delete;
+  raw_spawner& operator=(const raw_spawner&) = delete;
+  ~raw_spawner() { posix_spawn_file_actions_destroy(&fa_); }
+
+  /// pgid: nullopt for none, 0 for a new group led by the child, else that group.
+  pid_t start(std::optional<pid_t> pgid = std::nullopt) {
+    posix_spawnattr_t attr;
+    posix_spawnattr_t* ap = nullptr;
+    if (pgid) {
+      posix_spawnattr_init(&attr);
+      posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+      posix_spawnattr_setpgroup(&attr, *pgid);
+      ap = &attr;
+    }
+    pid_t pid = -1;
+    const int e = posix_spawn(&pid, path_.c_str(), &fa_, ap, argv_, environ);
+    if (ap != nullptr) posix_spawnattr_destroy(ap);
+    if (e != 0) die(std::string("posix_spawn: ") + std::strerror(e));
+    return pid;
+  }
+
+ private:
+  std::string path_;
+  char* argv_[2] = {nullptr, nullptr};
+  posix_spawn_file_actions_t fa_;
+};
 
 }  // namespace kin_bench::spawn

@@ -47,6 +47,7 @@ using kin_bench::cpu_ns;
 using kin_bench::wall_ns;
 using kin_bench::spawn::die;
 using kin_bench::spawn::note;
+using kin_bench::spawn::raw_spawner;
 
 kin::spawn_options options_for(const std::string& path) {
   kin::spawn_options o;
@@ -55,45 +56,6 @@ kin::spawn_options options_for(const std::string& path) {
   o.stdio = {kin::stdio::ignore(), kin::stdio::ignore(), kin::stdio::ignore()};
   return o;
 }
-
-/// posix_spawn with 0-2 on /dev/null, optionally into a process group.
-class raw_spawner {
- public:
-  explicit raw_spawner(const std::string& path) : path_(path) {
-    argv_[0] = path_.data();
-    if (posix_spawn_file_actions_init(&fa_) != 0) die("posix_spawn_file_actions_init failed");
-    for (int fd = 0; fd < 3; ++fd) {
-      if (posix_spawn_file_actions_addopen(&fa_, fd, "/dev/null", O_RDWR, 0) != 0) {
-        die("posix_spawn_file_actions_addopen failed");
-      }
-    }
-  }
-  raw_spawner(const raw_spawner&) = delete;
-  raw_spawner& operator=(const raw_spawner&) = delete;
-  ~raw_spawner() { posix_spawn_file_actions_destroy(&fa_); }
-
-  /// pgid: nullopt for none, 0 for a new group led by the child, else that group.
-  pid_t start(std::optional<pid_t> pgid = std::nullopt) {
-    posix_spawnattr_t attr;
-    posix_spawnattr_t* ap = nullptr;
-    if (pgid) {
-      posix_spawnattr_init(&attr);
-      posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-      posix_spawnattr_setpgroup(&attr, *pgid);
-      ap = &attr;
-    }
-    pid_t pid = -1;
-    const int e = posix_spawn(&pid, path_.c_str(), &fa_, ap, argv_, environ);
-    if (ap != nullptr) posix_spawnattr_destroy(ap);
-    if (e != 0) die(std::string("posix_spawn: ") + std::strerror(e));
-    return pid;
-  }
-
- private:
-  std::string path_;
-  char* argv_[2] = {nullptr, nullptr};
-  posix_spawn_file_actions_t fa_;
-};
 
 struct churn_result {
   long n = 0;

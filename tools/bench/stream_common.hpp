@@ -440,17 +440,7 @@ inline void reap(pid_t pid) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die("the child failed");
 }
 
-/// The number of descriptors this process holds (checked at the end: no run may leak one).
-inline int open_fd_count() {
-  DIR* d = ::opendir("/proc/self/fd");
-  if (d == nullptr) die("opendir /proc/self/fd failed");
-  int n = 0;
-  while (const dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(d);
-  return n - 1;  // the directory's own descriptor
-}
+using kin_bench::open_fd_count;
 
 // ---- the driver -----------------------------------------------------------------------------
 
