@@ -28,6 +28,10 @@ class category final : public std::error_category {
       case errc::sigchld_ignored:
         return "SIGCHLD is ignored (SIG_IGN or SA_NOCLDWAIT): the kernel would reap children and "
                "their exit status would be lost";
+      case errc::child_failed:
+        return "child exited with a non-zero status";
+      case errc::child_signalled:
+        return "child was ended by a signal";
     }
     return "unknown kin error " + std::to_string(value);
   }

@@ -4,8 +4,10 @@
 
 #include "assert.hpp"
 #include "async_safe/child_plan.hpp"
+#include "environment_lock.hpp"
 #include "loop_impl.hpp"
 #include "posix/sys.hpp"
+#include "process_access.hpp"
 #include "spawn_backend.hpp"
 
 #include <kin/signal.hpp>
@@ -16,6 +18,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -134,6 +137,9 @@ struct process_state : handle {
   std::error_code error;
   int kill_signal = SIGTERM;
   process::exit_callback exit_cb;
+  // kin's own watcher of the exit (exec's collector): called before exit_cb, and even after the
+  // process object was destroyed.
+  process::exit_callback observer;
   timer kill_timer;
   std::vector<std::unique_ptr<stream>> streams;  // by child descriptor number
 };
@@ -271,15 +277,18 @@ class reaper : public loop_impl::extension {
     p.pidfd_watch.reset();
     p.pidfd.reset();
     p.set_running(false);
+    process::exit_callback observer = std::move(p.observer);
+    p.observer = nullptr;
     if (p.orphan) {
       orphans_.erase(&p);  // destroys it
+      if (observer) observer(ec, st, sig);
       return;
     }
-    // Last: the callback may destroy the process, and the state with it.
-    if (auto cb = std::move(p.exit_cb)) {
-      p.exit_cb = nullptr;
-      cb(ec, st, sig);
-    }
+    // Last: the callbacks may destroy the process, and the state with it.
+    process::exit_callback cb = std::move(p.exit_cb);
+    p.exit_cb = nullptr;
+    if (observer) observer(ec, st, sig);
+    if (cb) cb(ec, st, sig);
   }
 
   loop_impl& loop_;
@@ -484,6 +493,22 @@ bool sigchld_ignored() noexcept {
 
 }  // namespace
 
+process_state& process_access::state(process& p) noexcept { return *p.state_; }
+
+std::vector<std::unique_ptr<stream>> take_streams(process_state& p) noexcept {
+  return std::exchange(p.streams, {});
+}
+
+void observe_exit(process_state& p, process::exit_callback cb) { p.observer = std::move(cb); }
+
+bool has_exited(const process_state& p) noexcept { return p.exited; }
+
+result<void> signal_child(process_state& p, int sig) noexcept {
+  if (p.exited) return fail(errno_code(ESRCH));
+  if (sig < 0 || sig >= NSIG) return fail(errno_code(EINVAL));
+  return spawn_backend::signal_child(p.pid, p.pidfd.get(), sig);
+}
+
 }  // namespace detail
 
 process::process(std::unique_ptr<detail::process_state> state) noexcept
@@ -533,9 +558,8 @@ void process::on_exit(exit_callback cb) {
 }
 
 result<void> process::kill(int sig) noexcept {
-  if (!state_ || state_->exited) return fail(errno_code(ESRCH));
-  if (sig < 0 || sig >= NSIG) return fail(errno_code(EINVAL));
-  return detail::spawn_backend::signal_child(state_->pid, state_->pidfd.get(), sig);
+  if (!state_) return fail(errno_code(ESRCH));
+  return detail::signal_child(*state_, sig);
 }
 
 result<void> process::kill_group(int sig) noexcept {
@@ -578,6 +602,9 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   if (sigchld_ignored()) return fail(prepare_error(make_error_code(errc::sigchld_ignored), shown));
 
   prepared p;
+  // Held until the child has exec'd: it reads the environment (ours, or the copy made from it)
+  // and PATH while this thread waits.
+  std::shared_lock env_lock(environment_mutex());
   char* const* envp = build_env(o, p);
   build_candidates(o, p);
   // execve takes char* const* but writes through none of them.
@@ -625,6 +652,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   }
 
   auto started = spawn_backend::start_child(plan);
+  env_lock.unlock();
   if (!started) return fail(spawn_error{spawn_step::fork, started.error(), shown});
   // The child has exec'd or failed: its copies of the pipe ends and of the report pipe's write
   // end are its own now.

@@ -12,6 +12,7 @@
 #include <kin/stream.hpp>
 
 #include "helpers/handles.hpp"
+#include "helpers/leak_guard.hpp"
 #include "helpers/process_state.hpp"
 #include "helpers/temp_dir.hpp"
 
@@ -48,6 +49,7 @@
 #include <unistd.h>
 
 using namespace std::chrono_literals;
+using kin_test::leak_guard;
 using kin_test::run_all;
 using kin_test::run_until;
 
@@ -94,25 +96,6 @@ kin::spawn_options quiet(std::vector<std::string> args) {
   o.stdio = {kin::stdio::ignore(), kin::stdio::ignore(), kin::stdio::ignore()};
   return o;
 }
-
-// Checks, when the test ends without failing a REQUIRE, that it left no descriptor open and no
-// child behind (main.cpp checks the whole run; this names the test that leaked). Declare it
-// first, so that it runs after every other local (the loop included) is gone.
-class leak_guard {
- public:
-  leak_guard() : fds_(kin_test::open_fds()), children_(kin_test::child_pids()) {}
-  leak_guard(const leak_guard&) = delete;
-  leak_guard& operator=(const leak_guard&) = delete;
-  ~leak_guard() {
-    if (std::uncaught_exceptions() > 0) return;
-    CHECK(kin_test::open_fds() == fds_);
-    CHECK(kin_test::child_pids() == children_);
-  }
-
- private:
-  std::set<int> fds_;
-  std::set<int> children_;
-};
 
 // A loop and the children spawned on it. Processes must be declared after the fixture: when a
 // test fails half-way, they are destroyed first and the fixture then kills and reaps (bounded)

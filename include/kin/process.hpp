@@ -24,6 +24,7 @@ namespace kin {
 
 namespace detail {
 struct process_state;
+struct process_access;
 }  // namespace detail
 
 /// What one descriptor number of the child is. spawn_options::stdio holds one per child
@@ -211,6 +212,7 @@ class KIN_API process {
 
  private:
   friend KIN_API result<process, spawn_error> spawn(loop& l, const spawn_options& options);
+  friend struct detail::process_access;
   explicit process(std::unique_ptr<detail::process_state> state) noexcept;
   // Hands a running child to the loop's reaper (or frees the state of an exited one).
   void let_go() noexcept;
@@ -228,5 +230,133 @@ class KIN_API process {
 /// SA_NOCLDWAIT), because the kernel would then reap the child and its status be lost.
 /// EMFILE, ENOMEM and the like while preparing.
 KIN_API result<process, spawn_error> spawn(loop& l, const spawn_options& options);
+
+// ---------------------------------------------------------------------------------------------
+// Running a child to completion: spawn_sync, exec and exec_file.
+
+/// How spawn_sync_options::max_buffer counts the captured bytes.
+enum class buffer_limit {
+  /// Each captured descriptor may hold max_buffer bytes; bytes past the limit are dropped, so
+  /// the output kept is exactly max_buffer bytes long (Node's exec and execFile).
+  per_stream,
+  /// The bytes of every captured descriptor together; the read that passes the limit is kept
+  /// whole (Node's spawnSync).
+  all_streams,
+};
+
+/// How spawn_sync() runs a child. Everything of spawn_options applies; the default stdio is
+/// three pipes (input, captured output, captured error) instead of three inherited descriptors.
+/// Every stdio::pipe() entry the child writes to is captured; the one at descriptor 0 (if any)
+/// gets `input` and is then closed.
+struct KIN_API spawn_sync_options : spawn_options {
+  spawn_sync_options();
+
+  /// Bytes written to the child's descriptor 0 (when it is a pipe), which is then closed: an
+  /// empty input gives the child an immediate end of file. A child that exits or closes its
+  /// end before taking all of it: error EPIPE (unless an earlier error was recorded).
+  std::string input;
+  /// Zero: no limit. Otherwise once the child has run this long it is sent kill_signal
+  /// (SIGKILL if kill_signal is not a valid signal), its pipes are closed at once (so children
+  /// it left behind holding them cannot hold spawn_sync up), and the result's error is
+  /// ETIMEDOUT; spawn_sync returns when the child is reaped.
+  std::chrono::milliseconds timeout{0};
+  /// If set: SIGKILL this long after kill_signal, for a child that ignores kill_signal (without
+  /// it spawn_sync waits for such a child as long as it runs, as Node's spawnSync does).
+  std::optional<std::chrono::milliseconds> kill_grace;
+  /// Zero: no limit. Otherwise, once the captured output passes it (see `limit`), the child is
+  /// sent kill_signal, its pipes are closed, and the error is ENOBUFS.
+  std::size_t max_buffer = 1024 * 1024;
+  buffer_limit limit = buffer_limit::per_stream;
+};
+
+/// What happened to a child run by spawn_sync().
+struct KIN_API spawn_sync_result {
+  /// 0 if no child ran (then failure says why).
+  pid_t pid = 0;
+  /// The exit status if the child exited; empty if a signal ended it or it never ran.
+  std::optional<int> exit_status;
+  /// The signal that ended the child, 0 if none.
+  int term_signal = 0;
+  /// One entry per stdio entry: the bytes captured from a pipe the child wrote to, empty
+  /// (std::nullopt) for every other entry, and all empty if no child ran.
+  std::vector<std::optional<std::string>> output;
+  /// The first thing that went wrong: the spawn error, ETIMEDOUT, ENOBUFS, EPIPE (input not
+  /// all taken), kin::errc::status_unknown (someone else collected the child); empty if none.
+  /// A non-zero exit status or a signal is not an error here (exit_status and term_signal
+  /// tell).
+  std::error_code error;
+  /// When no child ran: the step and path that failed.
+  std::optional<spawn_error> failure;
+  /// With ENOBUFS: the child descriptor whose output passed max_buffer.
+  int overflow_fd = -1;
+
+  /// The captured bytes of descriptor 1 / 2 ("" when not captured).
+  [[nodiscard]] const std::string& out() const noexcept;
+  [[nodiscard]] const std::string& err() const noexcept;
+};
+
+/// Runs a child to completion on a private loop and returns what it did: blocks the calling
+/// thread until the child is reaped and its output collected. Input and every output pipe are
+/// served together, so a child that writes a lot to both stdout and stderr, or reads slowly,
+/// cannot deadlock it. Without a timeout, it also waits for the end of each captured output,
+/// which a grandchild holding the pipe can delay (with a timeout, that wait ends at the
+/// timeout).
+///
+/// Never throws, but for std::bad_alloc; every failure is in the result's error.
+KIN_API spawn_sync_result spawn_sync(const spawn_sync_options& options);
+
+/// Options of exec() and exec_file(): the child's environment, directory, time and output
+/// limits. stdin is a pipe fed with `input`, stdout and stderr are captured, any other
+/// descriptor is closed.
+struct KIN_API exec_options {
+  std::string cwd;
+  bool clear_env = false;
+  std::vector<std::pair<std::string, std::string>> env;
+  std::vector<std::string> env_unset;
+  std::string input;
+  std::chrono::milliseconds timeout{0};
+  int kill_signal = SIGTERM;
+  std::optional<std::chrono::milliseconds> kill_grace;
+  /// Per stream: bytes past it are dropped, the child is killed and the error is ENOBUFS.
+  std::size_t max_buffer = 1024 * 1024;
+  /// exec() only: the shell, run as `shell -c command`.
+  std::string shell = "/bin/sh";
+};
+
+/// What exec() and exec_file() report, as Node's exec and execFile do: the error is empty only
+/// when the child exited with status 0 and nothing else went wrong.
+struct KIN_API exec_result {
+  /// The spawn error, ETIMEDOUT, ENOBUFS, EPIPE, kin::errc::child_failed (a non-zero exit
+  /// status) or kin::errc::child_signalled (a signal ended it); empty on success.
+  std::error_code error;
+  std::optional<spawn_error> failure;  ///< when the child could not start
+  pid_t pid = 0;
+  std::optional<int> exit_status;
+  int term_signal = 0;
+  /// True if kin signalled the child (timeout or max_buffer).
+  bool killed = false;
+  int overflow_fd = -1;  ///< with ENOBUFS: 1 or 2
+  std::string out;
+  std::string err;
+};
+
+using exec_callback = std::function<void(exec_result)>;
+
+/// Runs `command` through `shell -c` on `l` and calls `cb` once the child is reaped and its
+/// output collected. Returns the process (for its pid, or to kill it); the callback runs
+/// whether or not the process object is kept. A child that cannot start: the error comes back
+/// here, and `cb` is not called.
+KIN_API result<process, spawn_error> exec(loop& l, const std::string& command,
+                                          const exec_options& options, exec_callback cb);
+/// Runs `file` (looked up in PATH as spawn does) with `args` (args[0] included) without a
+/// shell; otherwise as exec().
+KIN_API result<process, spawn_error> exec_file(loop& l, const std::string& file,
+                                               const std::vector<std::string>& args,
+                                               const exec_options& options, exec_callback cb);
+/// The same, blocking: runs on a private loop and returns the result (a child that cannot
+/// start is reported in it).
+KIN_API exec_result exec_sync(const std::string& command, const exec_options& options = {});
+KIN_API exec_result exec_file_sync(const std::string& file, const std::vector<std::string>& args,
+                                   const exec_options& options = {});
 
 }  // namespace kin

@@ -20,6 +20,8 @@ enum class errc {
   status_unknown,           ///< a child's exit status was collected by someone else
   eof,                      ///< the peer closed its end: no more bytes will arrive
   sigchld_ignored,          ///< SIGCHLD is ignored (SIG_IGN, SA_NOCLDWAIT): statuses would be lost
+  child_failed,             ///< a child exited with a non-zero status
+  child_signalled,          ///< a signal ended a child
 };
 
 /// The category of kin::errc; its name is "kin".

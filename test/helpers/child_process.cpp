@@ -7,6 +7,9 @@
 #include <kin/loop.hpp>
 #include <kin/process.hpp>
 
+#include "pattern.hpp"
+
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -258,6 +261,37 @@ int reap_without_pidfd(const char* self) {
   return 0;
 }
 
+// "interleave BYTES": writes BYTES pattern bytes to stdout and BYTES to stderr, alternating
+// 4 KiB at a time.
+int interleave(long total) {
+  constexpr std::size_t chunk = 4096;
+  std::string buf(chunk, '\0');
+  for (std::size_t done = 0; done < static_cast<std::size_t>(total); done += chunk) {
+    const std::size_t len = std::min(chunk, static_cast<std::size_t>(total) - done);
+    for (int which = 1; which <= 2; ++which) {
+      for (std::size_t i = 0; i < len; ++i) buf[i] = kin_test::pattern_byte(which, done + i);
+      if (!write_all(which, std::string_view(buf.data(), len))) return 1;
+    }
+  }
+  return 0;
+}
+
+// "slow-echo": copies stdin to stdout 4 KiB at a time, pausing 1 ms after every 256 KiB.
+int slow_echo() {
+  char buf[4096];
+  std::size_t total = 0;
+  for (;;) {
+    const ssize_t n = ::read(0, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return 1;
+    if (n == 0) return 0;
+    if (!write_all(1, std::string_view(buf, static_cast<std::size_t>(n)))) return 1;
+    const std::size_t before = total;
+    total += static_cast<std::size_t>(n);
+    if (before / (256 * 1024) != total / (256 * 1024)) sleep_ms(1);
+  }
+}
+
 int process_main(std::string_view behaviour, int argc, char** argv) {
   const char* arg2 = argc > 2 ? argv[2] : nullptr;
   long n = 0;
@@ -283,6 +317,8 @@ int process_main(std::string_view behaviour, int argc, char** argv) {
   }
   if (behaviour == "write-fd") return write_fds(argc, argv);
   if (behaviour == "echo-stdin") return echo(0, 1, true);
+  if (behaviour == "interleave") return parse_int(arg2, n) ? interleave(n) : 2;
+  if (behaviour == "slow-echo") return slow_echo();
   if (behaviour == "echo-fd") {
     if (!parse_int(arg2, n)) return 2;
     return echo(static_cast<int>(n), static_cast<int>(n), false);

@@ -1,0 +1,69 @@
+// Runs one child to its end on a loop: feeds its input, captures what it writes, enforces the
+// timeout and the output limit, and reports once it is reaped and every pipe is done. What
+// spawn_sync and exec share.
+#pragma once
+
+#include <kin/loop.hpp>
+#include <kin/process.hpp>
+#include <kin/stream.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kin::detail {
+
+struct run_limits {
+  std::chrono::milliseconds timeout{0};
+  int kill_signal = SIGTERM;
+  std::optional<std::chrono::milliseconds> kill_grace;
+  std::size_t max_buffer = 0;
+  buffer_limit limit = buffer_limit::per_stream;
+};
+
+class child_runner {
+ public:
+  using done_callback = std::function<void(child_runner&)>;
+
+  child_runner(loop& l, run_limits limits, std::string input, done_callback done);
+  child_runner(const child_runner&) = delete;
+  child_runner& operator=(const child_runner&) = delete;
+
+  /// Spawns the child and starts serving it. On failure the result holds the error (and
+  /// `done` is not called).
+  result<process, spawn_error> start(const spawn_options& options);
+
+  [[nodiscard]] bool finished() const noexcept { return finished_; }
+  /// True if a signal was sent to the child because of the timeout or the output limit.
+  [[nodiscard]] bool signalled() const noexcept { return signalled_; }
+  spawn_sync_result& outcome() noexcept { return res_; }
+
+ private:
+  void serve_input(stream& s);
+  void capture(int fd, std::span<const std::byte> data);
+  void end_stream(int fd) noexcept;
+  void exited(std::error_code ec, int status, int sig) noexcept;
+  void kill() noexcept;
+  void note(std::error_code ec) noexcept;
+  void check_done();
+
+  loop& loop_;
+  run_limits limits_;
+  std::string input_;
+  done_callback done_;
+  process_state* child_ = nullptr;  // valid until exited_
+  std::vector<std::unique_ptr<stream>> streams_;
+  timer timeout_;
+  timer grace_;
+  spawn_sync_result res_;
+  std::size_t captured_ = 0;  // all streams together
+  bool exited_ = false;
+  bool killed_ = false;
+  bool signalled_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace kin::detail
