@@ -86,10 +86,14 @@ result<process, spawn_error> child_runner::start(const spawn_options& o) {
             end_stream(fd);
           });
     }
-    if (use.feed) {
+    if (use.feed && !input_.empty()) {
       serve_input(*streams_[i]);
     } else if (!use.capture) {
-      streams_[i].reset();  // a pipe the child reads from, other than its input: at EOF now
+      // Nothing to write (the child sees EOF at once), or a pipe the child reads from other
+      // than its input.
+      streams_[i].reset();
+    } else if (use.feed) {
+      streams_[i]->shutdown();  // a duplex entry: no input, but its output is captured
     }
   }
   if (limits_.timeout.count() > 0) (void)timeout_.start(limits_.timeout);
@@ -104,19 +108,15 @@ void child_runner::serve_input(stream& s) {
     if (ec && ec != std::errc::operation_canceled) note(ec);
     if (ec || !res_.output[fd]) end_stream(fd);
   };
-  if (!input_.empty()) {
-    std::vector<std::byte> bytes(input_.size());
-    std::memcpy(bytes.data(), input_.data(), input_.size());
-    s.write(std::move(bytes), [this, fd, after](std::error_code ec) {
-      if (ec) {
-        after(ec);
-        return;
-      }
-      if (streams_[fd]) streams_[fd]->shutdown(after);
-    });
-  } else {
-    s.shutdown(after);
-  }
+  std::vector<std::byte> bytes(input_.size());
+  std::memcpy(bytes.data(), input_.data(), input_.size());
+  s.write(std::move(bytes), [this, fd, after](std::error_code ec) {
+    if (ec) {
+      after(ec);
+      return;
+    }
+    if (streams_[fd]) streams_[fd]->shutdown(after);
+  });
 }
 
 void child_runner::capture(int fd, std::span<const std::byte> data) {

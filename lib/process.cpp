@@ -9,6 +9,7 @@
 #include "posix/sys.hpp"
 #include "process_access.hpp"
 #include "spawn_backend.hpp"
+#include "stream_opener.hpp"
 
 #include <kin/signal.hpp>
 
@@ -312,6 +313,7 @@ namespace {
 // What spawn() builds before the child exists; it outlives the child's use of it (the child
 // execs or exits before start_child returns).
 struct prepared {
+  bool own_env = false;  // envp is env_storage (else the parent's environ)
   std::vector<std::string> env_storage;
   std::vector<char*> envp;
   std::vector<char*> argv;
@@ -321,7 +323,13 @@ struct prepared {
   std::vector<int> scratch;
   // Child ends (closed once the child has its copies) and parent ends (opened as streams).
   std::vector<unique_fd> child_ends;
-  std::vector<std::pair<int, unique_fd>> parent_ends;
+  struct parent_end {
+    parent_end(int n, fd_kind k, unique_fd f) : child_fd(n), kind(k), fd(std::move(f)) {}
+    int child_fd;
+    fd_kind kind;
+    unique_fd fd;
+  };
+  std::vector<parent_end> parent_ends;
   std::string dev_null = "/dev/null";
 };
 
@@ -331,32 +339,45 @@ bool env_name_is(const std::string& entry, std::string_view name) {
 }
 
 // The child's environment: the parent's own when the options change nothing (no copy on the
-// common path), else a copy with the changes.
+// common path), else a copy with the changes. A variable set by `env` keeps the place it had
+// (as Node's {...process.env, NAME: value} does); a new one is added at the end.
 char* const* build_env(const spawn_options& o, prepared& p) {
   if (!o.clear_env && o.env.empty() && o.env_unset.empty()) return environ;
+  p.own_env = true;
   if (!o.clear_env) {
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) p.env_storage.emplace_back(*e);
   }
-  auto remove = [&](std::string_view name) {
+  for (const std::string& name : o.env_unset) {
     std::erase_if(p.env_storage, [&](const std::string& s) { return env_name_is(s, name); });
-  };
-  for (const std::string& name : o.env_unset) remove(name);
+  }
   for (const auto& [name, value] : o.env) {
-    remove(name);
-    p.env_storage.push_back(name + "=" + value);
+    auto same = [&](const std::string& s) { return env_name_is(s, name); };
+    auto it = std::find_if(p.env_storage.begin(), p.env_storage.end(), same);
+    if (it == p.env_storage.end()) {
+      p.env_storage.push_back(name + "=" + value);
+      continue;
+    }
+    *it = name + "=" + value;
+    // Duplicates (possible in environ) would let the child's getenv find an older value.
+    p.env_storage.erase(std::remove_if(std::next(it), p.env_storage.end(), same),
+                        p.env_storage.end());
   }
   for (std::string& s : p.env_storage) p.envp.push_back(s.data());
   p.envp.push_back(nullptr);
   return p.envp.data();
 }
 
-// The PATH the child's program is looked up in: the child's own, else the parent's, else the
-// system default. (env_storage is empty when the child gets the parent's environment as is.)
+// The PATH the child's program is looked up in: the child's own, else the system default,
+// never the parent's when the child's environment has none (as Python's subprocess and libuv
+// do: the program is the one the child's environment names).
 std::string search_path(const prepared& p) {
-  for (const std::string& s : p.env_storage) {
-    if (env_name_is(s, "PATH")) return s.substr(5);
+  if (!p.own_env) {
+    if (const char* parent = ::getenv("PATH")) return parent;
+  } else {
+    for (const std::string& s : p.env_storage) {
+      if (env_name_is(s, "PATH")) return s.substr(5);
+    }
   }
-  if (const char* parent = ::getenv("PATH")) return parent;
   const std::size_t n = ::confstr(_CS_PATH, nullptr, 0);
   std::string def(n, '\0');
   if (n > 0) {
@@ -441,10 +462,15 @@ result<void> build_stdio(const spawn_options& o, prepared& p) {
           parent_end = std::move(child_reads ? pe->write : pe->read);
           child_end = std::move(child_reads ? pe->read : pe->write);
         }
+        // The parent's end is non-blocking (the child's stays blocking: the flag belongs to
+        // the open file description, which dup2 shares).
+        if (::fcntl(parent_end.get(), F_SETFL, O_NONBLOCK) != 0) return fail(sys::last_error());
         a.what = fd_action::kind::dup;
         a.source = child_end.get();
         p.child_ends.push_back(std::move(child_end));
-        p.parent_ends.emplace_back(i, std::move(parent_end));
+        p.parent_ends.emplace_back(
+            i, d == stdio::direction::duplex ? fd_kind::unix_stream_socket : fd_kind::pipe,
+            std::move(parent_end));
         break;
       }
     }
@@ -701,11 +727,11 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
     state->kill_signal = o.kill_signal;
     state->set_running(true);
     state->streams.resize(o.stdio.size());
-    for (auto& [child_fd, end] : p.parent_ends) {
+    for (auto& end : p.parent_ends) {
       auto s = std::make_unique<stream>(l);
       // Cannot fail for a pipe or socketpair end just made; if it did, the entry stays null.
-      if (s->open(std::move(end))) {
-        state->streams[static_cast<std::size_t>(child_fd)] = std::move(s);
+      if (stream_opener::open_new(*s, std::move(end.fd), end.kind)) {
+        state->streams[static_cast<std::size_t>(end.child_fd)] = std::move(s);
       }
     }
     if (auto w = r.add(*state); !w) {

@@ -6,6 +6,7 @@
 #include "call_guard.hpp"
 #include "loop_impl.hpp"
 #include "posix/sys.hpp"
+#include "stream_opener.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -562,9 +563,11 @@ result<void> stream::open(unique_fd fd) noexcept {
   return open_detected(std::move(fd), *kind);
 }
 
-result<void> stream::open_detected(unique_fd fd, fd_kind kind) noexcept {
+result<void> stream::open_detected(unique_fd fd, fd_kind kind, bool nonblocking) noexcept {
   if (fd_.is_open()) return fail(errno_code(EISCONN));
-  if (auto r = sys::set_nonblocking(fd.get(), true); !r) return fail(r.error());
+  if (!nonblocking) {
+    if (auto r = sys::set_nonblocking(fd.get(), true); !r) return fail(r.error());
+  }
   // Reopening after close() or a failed connect: the old state's callbacks were already
   // cancelled or called.
   drop_state(false);
@@ -573,6 +576,10 @@ result<void> stream::open_detected(unique_fd fd, fd_kind kind) noexcept {
   fd_ = std::move(fd);
   state_ = std::make_unique<detail::stream_state>(*this, loop_impl(), fd_.get());
   return {};
+}
+
+result<void> detail::stream_opener::open_new(stream& s, unique_fd fd, fd_kind kind) noexcept {
+  return s.open_detected(std::move(fd), kind, true);
 }
 
 result<void> stream::open_as(unique_fd fd, fd_kind kind) noexcept {

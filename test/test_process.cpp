@@ -726,6 +726,25 @@ TEST_CASE("env entries override inherited variables, later entries winning, each
         }) == 1);
 }
 
+TEST_CASE("a variable set by env keeps its place; new ones follow in the order given",
+          "[process]") {
+  leak_guard leaks;
+  env_guard first("KIN_TEST_ORDER_FIRST", "1");
+  env_guard middle("KIN_TEST_ORDER_MIDDLE", "2");
+  env_guard last("KIN_TEST_ORDER_LAST", "3");
+  fixture f;
+  auto o = reporting({"print-environ"});
+  o.env = {{"KIN_TEST_ORDER_NEW", "4"},
+           {"KIN_TEST_ORDER_MIDDLE", "changed"},
+           {"KIN_TEST_ORDER_NEW", "5"}};
+  std::vector<std::string> ours;
+  for (const std::string& line : lines_of(report_of(f, o))) {
+    if (line.rfind("KIN_TEST_ORDER_", 0) == 0) ours.push_back(line);
+  }
+  CHECK(ours == std::vector<std::string>{"KIN_TEST_ORDER_FIRST=1", "KIN_TEST_ORDER_MIDDLE=changed",
+                                         "KIN_TEST_ORDER_LAST=3", "KIN_TEST_ORDER_NEW=5"});
+}
+
 TEST_CASE("env_unset removes inherited variables, and env sets them again", "[process]") {
   leak_guard leaks;
   env_guard gone("KIN_TEST_PROCESS_GONE", "from the parent");
@@ -1408,7 +1427,10 @@ TEST_CASE("spawn refuses to start a child while SIGCHLD is ignored", "[process]"
 
 // ---- the PATH search -------------------------------------------------------------------------
 
-TEST_CASE("a name is looked up in the child's PATH, else in the parent's", "[process]") {
+TEST_CASE(
+    "a name is looked up in the child's PATH, else in the system default, never the "
+    "parent's",
+    "[process]") {
   leak_guard leaks;
   const kin_test::temp_dir child_dir("kin-process");
   const kin_test::temp_dir parent_dir("kin-process");
@@ -1424,9 +1446,25 @@ TEST_CASE("a name is looked up in the child's PATH, else in the parent's", "[pro
     o.env = {{"PATH", child_dir.path().string()}};
     CHECK(report_of(f, o) == "child PATH\n");
   }
-  SECTION("the parent's, when the child's environment has none") {
-    o.clear_env = true;
+  SECTION("the parent's when the child gets the parent's environment") {
     CHECK(report_of(f, o) == "parent PATH\n");
+  }
+  SECTION("not the parent's when the child's environment has none") {
+    o.clear_env = true;
+    auto p = kin::spawn(f.l, o);
+    REQUIRE_FALSE(p);
+    CHECK(p.error().code == std::errc::no_such_file_or_directory);
+    o.env_unset = {"PATH"};
+    o.clear_env = false;
+    auto q = kin::spawn(f.l, o);
+    REQUIRE_FALSE(q);
+    CHECK(q.error().code == std::errc::no_such_file_or_directory);
+  }
+  SECTION("the system default when the child's environment has none") {
+    o.clear_env = true;
+    o.file = "sh";  // in /bin or /usr/bin, where confstr(_CS_PATH) points
+    o.args = {"sh", "-c", "echo default PATH"};
+    CHECK(report_of(f, o) == "default PATH\n");
   }
 }
 

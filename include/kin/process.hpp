@@ -91,15 +91,16 @@ class KIN_API stdio {
 /// How to start a child. Only `file` and `args` are required.
 struct spawn_options {
   /// The program: a path (it contains a '/'), or a name looked up in the directories of the
-  /// child's PATH (the environment the child gets; the parent's if that has none, else
-  /// confstr(_CS_PATH)). A file that is not an executable format fails with ENOEXEC: kin never
+  /// child's PATH (in the environment the child gets; if that has none, confstr(_CS_PATH),
+  /// never the parent's PATH). A file that is not an executable format fails with ENOEXEC: kin never
   /// runs it through /bin/sh as execvp() does.
   std::string file;
   /// The whole argument vector, args[0] included (what the program sees as its name). Empty:
   /// spawn fails with EINVAL.
   std::vector<std::string> args;
   /// The child's environment is the parent's (or nothing, with clear_env), minus `env_unset`,
-  /// then with every `env` entry set, later entries winning.
+  /// then with every `env` entry set, later entries winning. A variable set here keeps the
+  /// place it had; new ones follow in order.
   bool clear_env = false;
   std::vector<std::pair<std::string, std::string>> env;
   std::vector<std::string> env_unset;

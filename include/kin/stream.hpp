@@ -21,6 +21,7 @@ namespace kin {
 
 namespace detail {
 struct stream_state;
+struct stream_opener;
 }  // namespace detail
 
 /// The most descriptors one write may carry (the kernel's SCM_MAX_FD).
@@ -134,8 +135,10 @@ class KIN_API stream : public handle {
 
  private:
   friend struct detail::stream_state;
-  // open() of a descriptor whose kind is known (tcp_socket, unix_stream_socket or pipe).
-  result<void> open_detected(unique_fd fd, fd_kind kind) noexcept;
+  friend struct detail::stream_opener;
+  // open() of a descriptor whose kind is known (tcp_socket, unix_stream_socket or pipe);
+  // `nonblocking`: it is already.
+  result<void> open_detected(unique_fd fd, fd_kind kind, bool nonblocking = false) noexcept;
   // Forgets the state of the open descriptor; `destroying` when the stream itself goes.
   void drop_state(bool destroying) noexcept;
   // Completes a write (or shutdown) refused at once with `ec`, in order with the others, on a

@@ -38,8 +38,8 @@ ETIMEDOUT, ENOBUFS, EPIPE, ...) or null.
 Options:
   --timeout MS         after MS milliseconds send the kill signal, stop reading, error
                        ETIMEDOUT (0, the default: no limit)
-  --kill-signal SIG    the signal for --timeout and --max-buffer: a name (SIGTERM, TERM,
-                       sigterm) or a number (default SIGTERM)
+  --kill-signal SIG    the signal for --timeout and --max-buffer: a name with its SIG prefix,
+                       in any case (SIGTERM, sigterm), or a number (default SIGTERM)
   --max-buffer BYTES   most bytes of stdout and stderr together; past it the child is sent the
                        kill signal and the error is ENOBUFS (default 1048576; 0: no limit)
   --cwd DIR            run in DIR
@@ -116,7 +116,7 @@ std::optional<int> parse_signal(std::string_view text) {
   }
   for (const signal_name& s : signal_names) {
     const std::string_view name = s.name;
-    if (same_ignoring_case(text, name) || same_ignoring_case(text, name.substr(3))) {
+    if (same_ignoring_case(text, name)) {
       return s.number;
     }
   }
