@@ -10,4 +10,5 @@
 #include <kin/result.hpp>
 #include <kin/signal.hpp>
 #include <kin/stream.hpp>
+#include <kin/this_process.hpp>
 #include <kin/version.hpp>

@@ -345,8 +345,9 @@ using exec_callback = std::function<void(exec_result)>;
 
 /// Runs `command` through `shell -c` on `l` and calls `cb` once the child is reaped and its
 /// output collected. Returns the process (for its pid, or to kill it); the callback runs
-/// whether or not the process object is kept. A child that cannot start: the error comes back
-/// here, and `cb` is not called.
+/// whether or not the process object is kept. Its pipes belong to exec (stdio_stream() returns
+/// nullptr). The loop must run until the callback has run. A child that cannot start: the
+/// error comes back here, and `cb` is not called.
 KIN_API result<process, spawn_error> exec(loop& l, const std::string& command,
                                           const exec_options& options, exec_callback cb);
 /// Runs `file` (looked up in PATH as spawn does) with `args` (args[0] included) without a
