@@ -53,7 +53,7 @@ child_runner::child_runner(loop& l, run_limits limits, std::string input, done_c
       }) {}
 
 result<process, spawn_error> child_runner::start(const spawn_options& o) {
-  res_.output.assign(o.stdio.size(), std::nullopt);
+  res_.output.resize(o.stdio.size());  // a fresh result: every entry empty
   // An invalid kill signal is not an error here: the child gets SIGKILL instead (kill()).
   std::optional<spawn_options> fixed;
   if (o.kill_signal <= 0 || o.kill_signal >= NSIG) {

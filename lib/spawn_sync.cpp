@@ -25,7 +25,7 @@ spawn_sync_result spawn_sync(const spawn_sync_options& options) {
   auto l = loop::create();
   if (!l) {
     spawn_sync_result r;
-    r.output.assign(options.stdio.size(), std::nullopt);
+    r.output.resize(options.stdio.size());  // a fresh result: every entry empty
     r.error = l.error();
     r.failure = spawn_error{spawn_step::prepare, l.error(), options.file};
     return r;
