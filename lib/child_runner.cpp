@@ -38,21 +38,24 @@ pipe_use use_of(const stdio& s, int fd) noexcept {
 
 }  // namespace
 
-child_runner::child_runner(loop& l, run_limits limits, std::string input, done_callback done)
-    : loop_(l),
+child_runner::child_runner(loop& l, run_limits limits, std::string_view input, done_callback done)
+    : impl_(l.impl()),
       limits_(limits),
-      input_(std::move(input)),
+      input_(input.size()),
       done_(std::move(done)),
       timeout_(l,
                [this] {
+                 timed_out_ = true;
                  note(errno_code(ETIMEDOUT));
                  kill();
                }),
       grace_(l, [this] {
         if (!exited_) (void)signal_child(*child_, SIGKILL);
-      }) {}
+      }) {
+  if (!input.empty()) std::memcpy(input_.data(), input.data(), input.size());
+}
 
-result<process, spawn_error> child_runner::start(const spawn_options& o) {
+result<process, spawn_error> child_runner::start(loop& l, const spawn_options& o) {
   res_.output.resize(o.stdio.size());  // a fresh result: every entry empty
   // An invalid kill signal is not an error here: the child gets SIGKILL instead (kill()).
   std::optional<spawn_options> fixed;
@@ -60,7 +63,7 @@ result<process, spawn_error> child_runner::start(const spawn_options& o) {
     fixed.emplace(o);
     fixed->kill_signal = SIGKILL;
   }
-  auto p = spawn(loop_, fixed ? *fixed : o);
+  auto p = spawn(l, fixed ? *fixed : o);
   if (!p) {
     res_.error = p.error().code;
     res_.failure = p.error();
@@ -68,35 +71,45 @@ result<process, spawn_error> child_runner::start(const spawn_options& o) {
   }
   res_.pid = p->pid();
   child_ = &process_access::state(*p);
-  streams_ = take_streams(*child_);
-  observe_exit(*child_, [this](std::error_code ec, int st, int sig) { exited(ec, st, sig); });
-  for (std::size_t i = 0; i < streams_.size(); ++i) {
-    if (!streams_[i]) continue;
-    const int fd = static_cast<int>(i);
-    const pipe_use use = use_of(o.stdio[i], fd);
-    if (use.capture) {
-      res_.output[i] = std::string();
-      (void)streams_[i]->read_start(
-          [this, fd](std::error_code ec, std::span<const std::byte> data, std::span<unique_fd>) {
-            if (!ec) {
-              capture(fd, data);
-              return;
-            }
-            if (ec != make_error_code(errc::eof)) note(ec);
-            end_stream(fd);
-          });
+  try {
+    streams_ = take_streams(*child_);
+    observe_exit(*child_, [this](std::error_code ec, int st, int sig) { exited(ec, st, sig); });
+    for (std::size_t i = 0; i < streams_.size(); ++i) {
+      if (!streams_[i]) continue;
+      const int fd = static_cast<int>(i);
+      const pipe_use use = use_of(o.stdio[i], fd);
+      if (use.capture) {
+        res_.output[i] = std::string();
+        (void)streams_[i]->read_start(
+            [this, fd](std::error_code ec, std::span<const std::byte> data, std::span<unique_fd>) {
+              if (!ec) {
+                capture(fd, data);
+                return;
+              }
+              if (ec != make_error_code(errc::eof)) note_pipe(ec);
+              end_stream(fd);
+            });
+      }
+      if (use.feed && !input_.empty()) {
+        serve_input(*streams_[i]);
+      } else if (!use.capture) {
+        // Nothing to write (the child sees EOF at once), or a pipe the child reads from other
+        // than its input.
+        streams_[i].reset();
+      } else if (use.feed) {
+        streams_[i]->shutdown();  // a duplex entry: no input, but its output is captured
+      }
     }
-    if (use.feed && !input_.empty()) {
-      serve_input(*streams_[i]);
-    } else if (!use.capture) {
-      // Nothing to write (the child sees EOF at once), or a pipe the child reads from other
-      // than its input.
-      streams_[i].reset();
-    } else if (use.feed) {
-      streams_[i]->shutdown();  // a duplex entry: no input, but its output is captured
-    }
+    if (limits_.timeout.count() > 0) (void)timeout_.start(limits_.timeout);
+  } catch (...) {
+    // The process object goes with the exception and the reaper adopts the child: it must not
+    // call back into this runner, and must not run on unwatched.
+    observe_exit(*child_, {});
+    (void)signal_child(*child_, SIGKILL);
+    child_ = nullptr;
+    exited_ = true;
+    throw;
   }
-  if (limits_.timeout.count() > 0) (void)timeout_.start(limits_.timeout);
   check_done();
   return p;
 }
@@ -105,12 +118,10 @@ result<process, spawn_error> child_runner::start(const spawn_options& o) {
 void child_runner::serve_input(stream& s) {
   const int fd = 0;
   auto after = [this, fd](std::error_code ec) {
-    if (ec && ec != std::errc::operation_canceled) note(ec);
+    if (ec && ec != std::errc::operation_canceled) note_pipe(ec);
     if (ec || !res_.output[fd]) end_stream(fd);
   };
-  std::vector<std::byte> bytes(input_.size());
-  std::memcpy(bytes.data(), input_.data(), input_.size());
-  s.write(std::move(bytes), [this, fd, after](std::error_code ec) {
+  s.write(std::move(input_), [this, fd, after](std::error_code ec) {
     if (ec) {
       after(ec);
       return;
@@ -153,6 +164,7 @@ void child_runner::end_stream(int fd) noexcept {
 
 void child_runner::exited(std::error_code ec, int status, int sig) noexcept {
   exited_ = true;
+  killed_by_caller_ = was_killed(*child_) && !signalled_;
   child_ = nullptr;
   grace_.stop();
   if (ec) {
@@ -187,6 +199,10 @@ void child_runner::note(std::error_code ec) noexcept {
   if (!res_.error) res_.error = ec;
 }
 
+void child_runner::note_pipe(std::error_code ec) noexcept {
+  if (!pipe_error_) pipe_error_ = ec;
+}
+
 void child_runner::check_done() {
   if (finished_ || !exited_) return;
   for (const auto& s : streams_) {
@@ -195,6 +211,7 @@ void child_runner::check_done() {
   finished_ = true;
   timeout_.stop();
   grace_.stop();
+  note(pipe_error_);
   if (done_) done_(*this);
 }
 

@@ -3,6 +3,9 @@
 #include <kin/process.hpp>
 
 #include "child_runner.hpp"
+#include "loop_impl.hpp"
+
+#include <memory>
 
 namespace kin {
 
@@ -44,10 +47,14 @@ exec_result result_of(detail::child_runner& r) {
   e.pid = s.pid;
   e.exit_status = s.exit_status;
   e.term_signal = s.term_signal;
-  e.killed = r.signalled();
+  e.killed = r.killed();
+  e.timed_out = r.timed_out();
   e.overflow_fd = s.overflow_fd;
   if (s.output.size() > 1 && s.output[1]) e.out = std::move(*s.output[1]);
   if (s.output.size() > 2 && s.output[2]) e.err = std::move(*s.output[2]);
+  // As Node's exec: a timeout is not an error by itself (the signal it sends usually is, and a
+  // child that survives it and exits 0 succeeded); timed_out tells.
+  if (e.error == std::errc::timed_out) e.error.clear();
   if (!e.error && !e.failure) {
     if (e.term_signal != 0) {
       e.error = make_error_code(errc::child_signalled);
@@ -63,16 +70,17 @@ result<process, spawn_error> run_async(loop& l, const spawn_options& so, const e
   // The runner lives until the child is reaped and its pipes are done, whatever becomes of the
   // process object; it is freed, and the callback called, from a posted function, not from
   // inside one of its own handles' callbacks.
-  auto* runner = new detail::child_runner(
-      l, limits_for(o), o.input, [&l, cb = std::move(cb)](detail::child_runner& r) mutable {
-        l.post([runner = &r, cb = std::move(cb)] {
+  auto runner = std::make_unique<detail::child_runner>(
+      l, limits_for(o), o.input, [cb = std::move(cb)](detail::child_runner& r) mutable {
+        // Through the loop's implementation: the kin::loop may have been moved meanwhile.
+        r.owner_loop().post([runner = &r, cb = std::move(cb)] {
           exec_result e = result_of(*runner);
           delete runner;
           if (cb) cb(std::move(e));
         });
       });
-  auto p = runner->start(so);
-  if (!p) delete runner;
+  auto p = runner->start(l, so);
+  if (p) runner.release();  // it frees itself once done
   return p;
 }
 
@@ -85,9 +93,12 @@ exec_result run_sync(const spawn_options& so, const exec_options& o) {
     return e;
   }
   detail::child_runner runner(*l, limits_for(o), o.input, {});
-  {
-    auto p = runner.start(so);
+  try {
+    auto p = runner.start(*l, so);
     if (p) l->run();
+  } catch (...) {
+    l->run();  // collect the child that start() killed
+    throw;
   }
   return result_of(runner);
 }

@@ -133,6 +133,7 @@ struct process_state : handle {
   std::unique_ptr<io_watcher> pidfd_watch;
   bool exited = false;
   bool orphan = false;
+  bool killed = false;  // kill() or terminate() delivered a signal (Node's subprocess.killed)
   int status = -1;
   int signo = 0;
   std::error_code error;
@@ -281,8 +282,9 @@ class reaper : public loop_impl::extension {
     process::exit_callback observer = std::move(p.observer);
     p.observer = nullptr;
     if (p.orphan) {
-      orphans_.erase(&p);  // destroys it
+      // The observer may look at the state (was_killed) before it goes.
       if (observer) observer(ec, st, sig);
+      orphans_.erase(&p);  // destroys it
       return;
     }
     // Last: the callbacks may destroy the process, and the state with it.
@@ -342,7 +344,11 @@ bool env_name_is(const std::string& entry, std::string_view name) {
 // common path), else a copy with the changes. A variable set by `env` keeps the place it had
 // (as Node's {...process.env, NAME: value} does); a new one is added at the end.
 char* const* build_env(const spawn_options& o, prepared& p) {
-  if (!o.clear_env && o.env.empty() && o.env_unset.empty()) return environ;
+  // A child that opens files before exec may wait there for long (a FIFO without a writer):
+  // it gets a copy, so that the environment lock is not held meanwhile (see spawn()).
+  const bool opens_files = std::any_of(
+      o.stdio.begin(), o.stdio.end(), [](const stdio& s) { return s.what() == stdio::kind::file; });
+  if (!o.clear_env && o.env.empty() && o.env_unset.empty() && !opens_files) return environ;
   p.own_env = true;
   if (!o.clear_env) {
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) p.env_storage.emplace_back(*e);
@@ -529,10 +535,16 @@ void observe_exit(process_state& p, process::exit_callback cb) { p.observer = st
 
 bool has_exited(const process_state& p) noexcept { return p.exited; }
 
+bool was_killed(const process_state& p) noexcept { return p.killed; }
+
+loop_impl& loop_of(const process_state& p) noexcept { return p.owner.owner_loop(); }
+
 result<void> signal_child(process_state& p, int sig) noexcept {
   if (p.exited) return fail(errno_code(ESRCH));
   if (sig < 0 || sig >= NSIG) return fail(errno_code(EINVAL));
-  return spawn_backend::signal_child(p.pid, p.pidfd.get(), sig);
+  auto r = spawn_backend::signal_child(p.pid, p.pidfd.get(), sig);
+  if (r && sig != 0) p.killed = true;
+  return r;
 }
 
 }  // namespace detail
@@ -599,9 +611,7 @@ result<void> process::terminate(std::chrono::milliseconds grace) noexcept {
   if (auto r = kill(state_ ? state_->kill_signal : SIGTERM); !r) return r;
   detail::process_state* s = state_.get();
   s->kill_timer.set_callback([s] {
-    if (!s->exited) {
-      (void)detail::spawn_backend::signal_child(s->pid, s->pidfd.get(), SIGKILL);
-    }
+    if (!s->exited) (void)detail::signal_child(*s, SIGKILL);
   });
   return s->kill_timer.start(grace);
 }
@@ -628,11 +638,12 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   if (sigchld_ignored()) return fail(prepare_error(make_error_code(errc::sigchld_ignored), shown));
 
   prepared p;
-  // Held until the child has exec'd: it reads the environment (ours, or the copy made from it)
-  // and PATH while this thread waits.
+  // Held while the environment is read. When the child gets the environment itself (not a
+  // copy), held until the child has exec'd: it reads environ while this thread waits.
   std::shared_lock env_lock(environment_mutex());
   char* const* envp = build_env(o, p);
   build_candidates(o, p);
+  if (p.own_env) env_lock.unlock();
   // execve takes char* const* but writes through none of them.
   for (const std::string& a : o.args) p.argv.push_back(const_cast<char*>(a.c_str()));
   p.argv.push_back(nullptr);
@@ -678,7 +689,7 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   }
 
   auto started = spawn_backend::start_child(plan);
-  env_lock.unlock();
+  if (env_lock.owns_lock()) env_lock.unlock();
   if (!started) return fail(spawn_error{spawn_step::fork, started.error(), shown});
   // The child has exec'd or failed: its copies of the pipe ends and of the report pipe's write
   // end are its own now.

@@ -37,10 +37,15 @@ spawn_sync_result spawn_sync(const spawn_sync_options& options) {
   limits.max_buffer = options.max_buffer;
   limits.limit = options.limit;
   detail::child_runner runner(*l, limits, options.input, {});
-  {
-    auto p = runner.start(options);
+  try {
+    auto p = runner.start(*l, options);
     if (!p) return std::move(runner.outcome());
     l->run();
+  } catch (...) {
+    // Out of memory with the child started: it was sent SIGKILL; collect it before the loop
+    // goes (with the loop, nothing could).
+    l->run();
+    throw;
   }
   return std::move(runner.outcome());
 }

@@ -135,6 +135,25 @@ TEST_CASE("spawn_sync reports EPIPE when the child exits without taking its inpu
   CHECK(r.exit_status == 0);
 }
 
+TEST_CASE("spawn_sync reports a timeout or an overflow rather than the EPIPE before it",
+          "[spawn_sync]") {
+  leak_guard leaks;
+  SECTION("timeout") {
+    auto o = shell("exec 0<&-; exec sleep 10");
+    o.input.assign(4 * 1024 * 1024, 'x');
+    o.timeout = 300ms;
+    auto r = kin::spawn_sync(o);
+    CHECK(r.error == std::errc::timed_out);
+  }
+  SECTION("overflow") {
+    auto o = shell("exec 0<&-; sleep 0.2; printf 0123456789; exec sleep 10");
+    o.input.assign(4 * 1024 * 1024, 'x');
+    o.max_buffer = 4;
+    auto r = kin::spawn_sync(o);
+    CHECK(r.error == std::errc::no_buffer_space);
+  }
+}
+
 TEST_CASE("spawn_sync reports a child that cannot start, with no pid and no output",
           "[spawn_sync]") {
   leak_guard leaks;
@@ -192,10 +211,13 @@ TEST_CASE(
     "the grace",
     "[spawn_sync]") {
   leak_guard leaks;
-  auto o = helper({"ignore-term-and-sleep", "700"});
-  o.timeout = 300ms;
+  // The child says "ready" once it ignores SIGTERM; a second is ample for that even under
+  // sanitizers on a loaded machine (and a lost race shows as a missing "ready").
+  auto o = helper({"ignore-term-and-sleep", "2500"});
+  o.timeout = 1000ms;
   SECTION("without a grace, as Node: the child ends by itself") {
     auto r = kin::spawn_sync(o);
+    CHECK(r.out() == "ready\n");
     CHECK(r.error == std::errc::timed_out);
     CHECK(r.exit_status == 0);
     CHECK(r.term_signal == 0);
@@ -203,6 +225,7 @@ TEST_CASE(
   SECTION("with a grace") {
     o.kill_grace = 100ms;
     auto r = kin::spawn_sync(o);
+    CHECK(r.out() == "ready\n");
     CHECK(r.error == std::errc::timed_out);
     CHECK(r.term_signal == SIGKILL);
   }
@@ -220,6 +243,7 @@ TEST_CASE("spawn_sync returns within a second of the timeout while a grandchild 
     const auto t0 = std::chrono::steady_clock::now();
     auto r = kin::spawn_sync(o);
     const auto took = since(t0);
+    REQUIRE(r.pid > 0);
     ::kill(-r.pid, SIGKILL);
     CHECK(r.error == std::errc::timed_out);
     CHECK(r.term_signal == SIGTERM);
@@ -233,6 +257,7 @@ TEST_CASE("spawn_sync returns within a second of the timeout while a grandchild 
     const auto t0 = std::chrono::steady_clock::now();
     auto r = kin::spawn_sync(o);
     const auto took = since(t0);
+    REQUIRE(r.pid > 0);
     ::kill(-r.pid, SIGKILL);
     CHECK(r.error == std::errc::timed_out);
     CHECK(r.exit_status == 0);
@@ -343,14 +368,24 @@ TEST_CASE("exec_sync runs a command through the shell, with Node's exec errors",
     CHECK(r.killed);
     CHECK(r.term_signal == SIGTERM);
   }
-  SECTION("a timeout kills the child") {
+  SECTION("a timeout kills the child: the signal is the error, as in Node") {
     kin::exec_options o;
     o.timeout = 200ms;
     o.kill_signal = SIGINT;
     auto r = kin::exec_sync("exec sleep 10", o);
-    CHECK(r.error == std::errc::timed_out);
+    CHECK(r.error == kin::errc::child_signalled);
+    CHECK(r.timed_out);
     CHECK(r.killed);
     CHECK(r.term_signal == SIGINT);
+  }
+  SECTION("a child that survives the timeout's signal and exits 0 succeeded, as in Node") {
+    kin::exec_options o;
+    o.timeout = 300ms;
+    auto r = kin::exec_sync("trap '' TERM; echo ready; sleep 1", o);
+    CHECK_FALSE(r.error);
+    CHECK(r.timed_out);
+    CHECK(r.killed);
+    CHECK(r.exit_status == 0);
   }
 }
 
@@ -402,10 +437,38 @@ TEST_CASE("exec's process can be killed, and a timeout kills it", "[spawn_sync]"
   REQUIRE(results.size() == 2);
   CHECK(results[0].error == kin::errc::child_signalled);
   CHECK(results[0].term_signal == SIGKILL);
-  CHECK_FALSE(results[0].killed);  // the caller killed it, not exec
-  CHECK(results[1].error == std::errc::timed_out);
+  CHECK(results[0].killed);  // by the caller: Node's child.killed counts that too
+  CHECK_FALSE(results[0].timed_out);
+  CHECK(results[1].error == kin::errc::child_signalled);
+  CHECK(results[1].timed_out);
   CHECK(results[1].killed);
   CHECK(results[1].term_signal == SIGTERM);
+}
+
+TEST_CASE("exec calls back through a loop that was moved while the child ran", "[spawn_sync]") {
+  leak_guard leaks;
+  std::vector<kin::exec_result> results;
+  kin::loop first;
+  kin::loop second;
+  {
+    auto p = kin::exec(first, "printf moved", {},
+                       [&](kin::exec_result r) { results.push_back(std::move(r)); });
+    REQUIRE(p);
+    second = std::move(first);
+    second.run();
+  }
+  REQUIRE(results.size() == 1);
+  CHECK_FALSE(results[0].error);
+  CHECK(results[0].out == "moved");
+}
+
+TEST_CASE("exec's result has no error for a child that exits 0, and killed stays false",
+          "[spawn_sync]") {
+  leak_guard leaks;
+  auto r = kin::exec_file_sync("true", {"true"});
+  CHECK_FALSE(r.error);
+  CHECK_FALSE(r.killed);
+  CHECK_FALSE(r.timed_out);
 }
 
 TEST_CASE("exec reports a program that cannot start at once, and never calls back",

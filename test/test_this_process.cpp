@@ -11,6 +11,7 @@
 #include <kin/this_process.hpp>
 
 #include "helpers/handles.hpp"
+#include "helpers/leak_guard.hpp"
 #include "helpers/process_state.hpp"
 
 #include <algorithm>
@@ -37,6 +38,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+using kin_test::leak_guard;
 using namespace std::chrono_literals;
 using namespace std::string_view_literals;
 using env_entries = std::vector<std::pair<std::string, std::string>>;
@@ -46,24 +48,6 @@ namespace {
 // When the test binary was loaded, by this_process's own clock: uptime() must count from
 // earlier.
 const std::uint64_t loaded_at_ns = kin::this_process::hrtime();
-
-// Checks, when the test ends without failing a REQUIRE, that it left no descriptor open and no
-// child behind. Declare it first, so that it runs after every other local is gone.
-class leak_guard {
- public:
-  leak_guard() : fds_(kin_test::open_fds()), children_(kin_test::child_pids()) {}
-  leak_guard(const leak_guard&) = delete;
-  leak_guard& operator=(const leak_guard&) = delete;
-  ~leak_guard() {
-    if (std::uncaught_exceptions() > 0) return;
-    CHECK(kin_test::open_fds() == fds_);
-    CHECK(kin_test::child_pids() == children_);
-  }
-
- private:
-  std::set<int> fds_;
-  std::set<int> children_;
-};
 
 // Removes the variables a test sets, however it ends.
 class env_cleanup {

@@ -92,8 +92,8 @@ class KIN_API stdio {
 struct spawn_options {
   /// The program: a path (it contains a '/'), or a name looked up in the directories of the
   /// child's PATH (in the environment the child gets; if that has none, confstr(_CS_PATH),
-  /// never the parent's PATH). A file that is not an executable format fails with ENOEXEC: kin never
-  /// runs it through /bin/sh as execvp() does.
+  /// never the parent's PATH). A file that is not an executable format fails with ENOEXEC: kin
+  /// never runs it through /bin/sh as execvp() does.
   std::string file;
   /// The whole argument vector, args[0] included (what the program sees as its name). Empty:
   /// spawn fails with EINVAL.
@@ -254,7 +254,8 @@ struct KIN_API spawn_sync_options : spawn_options {
 
   /// Bytes written to the child's descriptor 0 (when it is a pipe), which is then closed: an
   /// empty input gives the child an immediate end of file. A child that exits or closes its
-  /// end before taking all of it: error EPIPE (unless an earlier error was recorded).
+  /// end before taking all of it: error EPIPE, unless anything else went wrong (a timeout or
+  /// an overflow is reported instead, as Node's spawnSync does).
   std::string input;
   /// Zero: no limit. Otherwise once the child has run this long it is sent kill_signal
   /// (SIGKILL if kill_signal is not a valid signal), its pipes are closed at once (so children
@@ -281,8 +282,9 @@ struct KIN_API spawn_sync_result {
   /// One entry per stdio entry: the bytes captured from a pipe the child wrote to, empty
   /// (std::nullopt) for every other entry, and all empty if no child ran.
   std::vector<std::optional<std::string>> output;
-  /// The first thing that went wrong: the spawn error, ETIMEDOUT, ENOBUFS, EPIPE (input not
-  /// all taken), kin::errc::status_unknown (someone else collected the child); empty if none.
+  /// The first thing that went wrong: the spawn error, ETIMEDOUT, ENOBUFS,
+  /// kin::errc::status_unknown (someone else collected the child); else a pipe's error (EPIPE
+  /// when the input was not all taken); empty if none.
   /// A non-zero exit status or a signal is not an error here (exit_status and term_signal
   /// tell).
   std::error_code error;
@@ -327,15 +329,21 @@ struct KIN_API exec_options {
 /// What exec() and exec_file() report, as Node's exec and execFile do: the error is empty only
 /// when the child exited with status 0 and nothing else went wrong.
 struct KIN_API exec_result {
-  /// The spawn error, ETIMEDOUT, ENOBUFS, EPIPE, kin::errc::child_failed (a non-zero exit
-  /// status) or kin::errc::child_signalled (a signal ended it); empty on success.
+  /// The spawn error, ENOBUFS (max_buffer), kin::errc::child_failed (a non-zero exit status),
+  /// kin::errc::child_signalled (a signal ended it), EPIPE (the child did not take all of the
+  /// input, and nothing else went wrong); empty on success. As in Node, a timeout is not an
+  /// error by itself: the signal it sends usually is (timed_out tells), and a child that
+  /// survives it and exits with status 0 succeeded.
   std::error_code error;
   std::optional<spawn_error> failure;  ///< when the child could not start
   pid_t pid = 0;
   std::optional<int> exit_status;
   int term_signal = 0;
-  /// True if kin signalled the child (timeout or max_buffer).
+  /// True if the child was sent a signal: by exec (timeout, max_buffer) or through the
+  /// process's kill() or terminate() (Node's `killed`).
   bool killed = false;
+  /// True if the timeout went off.
+  bool timed_out = false;
   int overflow_fd = -1;  ///< with ENOBUFS: 1 or 2
   std::string out;
   std::string err;

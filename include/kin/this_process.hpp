@@ -43,9 +43,13 @@ KIN_API void set_argv(int argc, const char* const* argv);
 //
 // These functions read and change the real process environment (getenv, setenv, unsetenv,
 // environ), each under one process-wide lock: readers share it, writers hold it alone. spawn()
-// holds it shared from reading the environment until its child has exec'd, so a child started
-// by kin always sees the environment whole, between two changes made through these functions,
-// and never one half changed or freed by another thread.
+// holds it shared while it reads the environment, and, when the child gets the environment as
+// it is (no env, env_unset, clear_env, and no stdio::file to open), until the child has exec'd
+// (its steps before exec: chdir, setuid, ...), so a child started by kin always sees the
+// environment whole, between two changes made through these functions, and never one half
+// changed or freed by another thread. set_env and unset_env wait meanwhile; with many threads
+// spawning back to back they may wait long (the lock lets new readers in before a waiting
+// writer).
 //
 // Code that calls setenv, putenv, unsetenv or clearenv directly (or writes to environ) bypasses
 // the lock: while other threads may spawn or use the functions below, change the environment

@@ -31,7 +31,7 @@ and stderr as pipes, waits for it, and prints one line of JSON:
 
 The fields mean what the fields of Node's child_process.spawnSync() result mean with
 encoding 'utf8': pid is 0, status and signal null and stdout and stderr null when the program
-could not be started; stdout and stderr are the captured bytes decoded as UTF-8 (an ill-formed
+could not be started; signal is "" for a signal without a name (a real-time one); stdout and stderr are the captured bytes decoded as UTF-8 (an ill-formed
 sequence becomes U+FFFD); error is the code of what went wrong (ENOENT, EACCES, ENOEXEC,
 ETIMEDOUT, ENOBUFS, EPIPE, ...) or null.
 
@@ -39,7 +39,8 @@ Options:
   --timeout MS         after MS milliseconds send the kill signal, stop reading, error
                        ETIMEDOUT (0, the default: no limit)
   --kill-signal SIG    the signal for --timeout and --max-buffer: a name with its SIG prefix,
-                       in any case (SIGTERM, sigterm), or a number (default SIGTERM)
+                       in any case (SIGTERM, sigterm), or the number of a named signal
+                       (default SIGTERM)
   --max-buffer BYTES   most bytes of stdout and stderr together; past it the child is sent the
                        kill signal and the error is ENOBUFS (default 1048576; 0: no limit)
   --cwd DIR            run in DIR
@@ -111,7 +112,8 @@ std::optional<int> parse_signal(std::string_view text) {
   int number = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
   if (ec == std::errc() && end == text.data() + text.size()) {
-    if (number > 0 && number < NSIG) return number;
+    // As Node: only the numbers of signals it has names for.
+    if (name_of_signal(number) != nullptr) return number;
     return std::nullopt;
   }
   for (const signal_name& s : signal_names) {
@@ -246,14 +248,25 @@ std::string json_output(const std::optional<std::string>& bytes, bool ran) {
 
 int main(int argc, char** argv) {
   command_line c = parse(argc, argv);
+  // An ignored SIGCHLD survives exec; kin::spawn refuses to start children under it (their
+  // statuses would be lost). kin-run owns its process: take the default back, as Node does.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  ::sigemptyset(&dfl.sa_mask);
+  ::sigaction(SIGCHLD, &dfl, nullptr);
   const kin::spawn_sync_result r = kin::spawn_sync(c.options);
   const bool ran = r.pid != 0;
 
   std::string json = fmt::format("{{\"pid\":{},\"status\":", r.pid);
   json += r.exit_status ? std::to_string(*r.exit_status) : "null";
   json += ",\"signal\":";
-  const char* sig = r.term_signal != 0 ? name_of_signal(r.term_signal) : nullptr;
-  json += sig != nullptr ? kin_run::json_quote(sig) : "null";
+  if (r.term_signal == 0) {
+    json += "null";
+  } else {
+    // A signal Node has no name for (a real-time one) comes out as "", as in Node.
+    const char* sig = name_of_signal(r.term_signal);
+    json += kin_run::json_quote(sig != nullptr ? sig : "");
+  }
   json += ",\"stdout\":" + json_output(r.output.size() > 1 ? r.output[1] : std::nullopt, ran);
   json += ",\"stderr\":" + json_output(r.output.size() > 2 ? r.output[2] : std::nullopt, ran);
   json += ",\"error\":";
