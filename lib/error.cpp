@@ -32,6 +32,8 @@ class category final : public std::error_category {
         return "child exited with a non-zero status";
       case errc::child_signalled:
         return "child was ended by a signal";
+      case errc::no_channel:
+        return "no channel descriptor in the environment";
     }
     return "unknown kin error " + std::to_string(value);
   }

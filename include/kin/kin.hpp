@@ -2,6 +2,7 @@
 #pragma once
 
 #include <kin/address.hpp>
+#include <kin/channel.hpp>
 #include <kin/fd.hpp>
 #include <kin/fd_kind.hpp>
 #include <kin/handle.hpp>

@@ -22,6 +22,7 @@ enum class errc {
   sigchld_ignored,          ///< SIGCHLD is ignored (SIG_IGN, SA_NOCLDWAIT): statuses would be lost
   child_failed,             ///< a child exited with a non-zero status
   child_signalled,          ///< a signal ended a child
+  no_channel,               ///< no channel descriptor in the environment (KIN_CHANNEL_FD)
 };
 
 /// The category of kin::errc; its name is "kin".

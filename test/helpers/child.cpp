@@ -14,6 +14,8 @@ namespace kin_test_child {
 int handles_main(std::string_view behaviour);
 // The process behaviours (child_process.cpp): -1 when `behaviour` is none of them.
 int process_main(std::string_view behaviour, int argc, char** argv);
+// The channel behaviours (child_channel.cpp): -1 when `behaviour` is none of them.
+int channel_main(std::string_view behaviour);
 }  // namespace kin_test_child
 
 namespace {
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   if (what == "exit") return 0;
   if (const int rc = kin_test_child::handles_main(what); rc != -1) return rc;
   if (const int rc = kin_test_child::process_main(what, argc, argv); rc != -1) return rc;
+  if (const int rc = kin_test_child::channel_main(what); rc != -1) return rc;
   if (what == "loop-destroyed-with-timer") {
     auto l = std::make_unique<kin::loop>();
     auto t = std::make_unique<kin::timer>(*l, [] {});
