@@ -629,3 +629,37 @@ TEST_CASE("from_environment refuses what is not a channel, closing nothing of ot
     CHECK_FALSE(kin_test::run_all(l, std::chrono::milliseconds(200)));  // now it holds the loop
   }
 }
+
+TEST_CASE("a message callback may destroy its channel or replace itself", "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  for (int i = 0; i < 3; ++i)
+    raw_send(pair->first.get(), frame_bytes("m" + std::to_string(i), 0), {});
+  SECTION("destroy") {
+    auto ch = std::make_unique<kin::channel>(l);
+    REQUIRE(ch->open(std::move(pair->second)));
+    int calls = 0;
+    ch->on_message([&](std::string, std::vector<kin::any_handle>) {
+      ++calls;
+      ch.reset();
+    });
+    REQUIRE(kin_test::run_all(l));
+    CHECK(calls == 1);
+  }
+  SECTION("replace") {
+    kin::channel ch(l);
+    REQUIRE(ch.open(std::move(pair->second)));
+    std::vector<std::string> got;
+    ch.on_message([&](std::string m, std::vector<kin::any_handle>) {
+      got.push_back("first:" + m);
+      ch.on_message([&](std::string m2, std::vector<kin::any_handle>) {
+        got.push_back("second:" + m2);
+        if (got.size() == 3) ch.close();
+      });
+    });
+    REQUIRE(kin_test::run_all(l));
+    CHECK(got == std::vector<std::string>{"first:m0", "second:m1", "second:m2"});
+  }
+}

@@ -84,8 +84,13 @@ result<void> channel::open(unique_fd fd) noexcept {
             // adopt() fails only for a descriptor that is not open, which cannot arrive here.
             if (h) handles.push_back(std::move(*h));
           }
-          if (message_cb_) message_cb_(std::move(frame->payload), std::move(handles));
+          // Held here while it runs: it may set another callback, which must not destroy the
+          // one that is running.
+          message_callback cb = std::move(message_cb_);
+          message_cb_ = nullptr;
+          if (cb) cb(std::move(frame->payload), std::move(handles));
           if (guard.gone) return;
+          if (!message_cb_) message_cb_ = std::move(cb);
         }
         if (!fed) deliver_error(fed.error());
       });
