@@ -544,6 +544,7 @@ TEST_CASE(
 TEST_CASE("a forked child finds its channel, and the variable is gone from its environment",
           "[channel]") {
   leak_guard leaks;
+  REQUIRE_FALSE(child_path().empty());
   kin::loop l;
   for (int fd : {3, 7}) {
     kin::fork_options o;
@@ -662,4 +663,120 @@ TEST_CASE("a message callback may destroy its channel or replace itself", "[chan
     REQUIRE(kin_test::run_all(l));
     CHECK(got == std::vector<std::string>{"first:m0", "second:m1", "second:m2"});
   }
+}
+
+TEST_CASE("a channel closed or destroyed while its disconnect is pending hears nothing more",
+          "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  auto ch = std::make_unique<kin::channel>(l);
+  REQUIRE(ch->open(std::move(pair->first)));
+  int disconnects = 0;
+  ch->on_disconnect([&] { ++disconnects; });
+  ch->send("queued");
+  ch->disconnect();
+  ch->close();
+  SECTION("closed") { REQUIRE(kin_test::run_all(l)); }
+  SECTION("destroyed") {
+    ch.reset();
+    REQUIRE(kin_test::run_all(l));
+  }
+  CHECK(disconnects == 0);
+}
+
+TEST_CASE("a peer that closes with messages of ours unread is a disconnect, not an error",
+          "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  recording_channel ours(l);
+  REQUIRE(ours.ch.open(std::move(pair->first)));
+  ours.ch.send("never read");
+  kin::timer later(l, [&] { pair->second.reset(); });  // once the message is in its queue
+  REQUIRE(later.start(std::chrono::milliseconds(20)));
+  REQUIRE(kin_test::run_all(l));
+  CHECK(ours.errors.empty());
+  CHECK(ours.disconnects == 1);
+}
+
+TEST_CASE("a message callback that clears itself is not called again", "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  for (int i = 0; i < 3; ++i) raw_send(pair->first.get(), frame_bytes("x", 0), {});
+  pair->first.reset();
+  kin::channel ch(l);
+  REQUIRE(ch.open(std::move(pair->second)));
+  int calls = 0;
+  ch.on_message([&](std::string, std::vector<kin::any_handle>) {
+    ++calls;
+    ch.on_message(nullptr);
+  });
+  REQUIRE(kin_test::run_all(l));
+  CHECK(calls == 1);
+}
+
+TEST_CASE("a channel destroyed by on_error gets no on_disconnect", "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  auto ch = std::make_unique<kin::channel>(l);
+  REQUIRE(ch->open(std::move(pair->second)));
+  int errors = 0;
+  int disconnects = 0;
+  ch->on_error([&](std::error_code) {
+    ++errors;
+    ch.reset();
+  });
+  ch->on_disconnect([&] { ++disconnects; });
+  auto bytes = frame_bytes("x", 0);
+  bytes[7] = std::byte{9};
+  raw_send(pair->first.get(), bytes, {});
+  REQUIRE(kin_test::run_all(l));
+  CHECK(errors == 1);
+  CHECK(disconnects == 0);
+}
+
+TEST_CASE(
+    "a header declaring 4 GiB reserves nothing up front; the end of the stream then is "
+    "truncation",
+    "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  kin::channel_options o;
+  o.max_frame = std::size_t{1} << 40;
+  recording_channel receiver(l, o);
+  REQUIRE(receiver.ch.open(std::move(pair->second)));
+  std::byte header[native_frame::header_size];
+  kin::detail::encode_native_header(0xFFFFFFFFu, 0, header);
+  raw_send(pair->first.get(), std::vector<std::byte>(std::begin(header), std::end(header)), {});
+  pair->first.reset();
+  REQUIRE(kin_test::run_all(l));
+  REQUIRE(receiver.errors.size() == 1);
+  CHECK(receiver.errors[0] == kin::errc::message_truncated);
+}
+
+TEST_CASE("fork of a program that cannot start, or with a bad channel_fd, leaves nothing behind",
+          "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto missing = kin::fork(l, "/nonexistent/kin-program", {});
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == std::errc::no_such_file_or_directory);
+  kin::fork_options o;
+  o.channel_fd = 1 << 30;
+  auto huge = kin::fork(l, child_path(), {"channel-echo"}, o);
+  REQUIRE_FALSE(huge);
+  CHECK(huge.error().code == std::errc::invalid_argument);
+  o.channel_fd = -1;
+  auto negative = kin::fork(l, child_path(), {"channel-echo"}, o);
+  REQUIRE_FALSE(negative);
+  CHECK(negative.error().code == std::errc::invalid_argument);
 }

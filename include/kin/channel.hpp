@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -23,6 +24,7 @@ namespace kin {
 
 namespace detail {
 struct channel_state;
+struct call_guard;
 }  // namespace detail
 
 /// How a channel frames its messages.
@@ -44,9 +46,16 @@ struct channel_options {
 ///
 /// **Errors.** A frame longer than max_frame, one declaring more descriptors than arrived with
 /// it, a header that does not parse, a truncated control message (MSG_CTRUNC) or a frame cut off
-/// by the end of the stream: on_error gets the kin::errc, every descriptor received for frames
-/// not yet delivered is closed, and the channel closes (on_disconnect follows). Messages before
-/// the bad frame are delivered.
+/// by the end of the stream: on_error gets the kin::errc (or the socket's error), every
+/// descriptor received for frames not yet delivered is closed, and the channel closes
+/// (on_disconnect follows, unless on_error destroyed the channel). Complete messages that came
+/// before the bad frame in earlier reads are delivered (with MSG_CTRUNC, the read it cut is
+/// dropped whole). A peer that closes, or dies, with messages of ours unread (ECONNRESET) is a
+/// disconnect, not an error.
+///
+/// **Trust.** Descriptors are matched to frames by count: a peer that attaches more descriptors
+/// than a frame declares shifts them onto its next frames. kin's own sender never does; a
+/// channel is meant for a peer the process trusts to follow the protocol.
 ///
 /// **Lifetime.** Like a stream: active (keeping the loop running) while open, unless unref()'d.
 /// It may be destroyed from any of its callbacks.
@@ -77,14 +86,16 @@ class KIN_API channel {
   static result<std::unique_ptr<channel>> from_environment(loop& l, channel_options options = {});
 
   /// Queues `message` with `fds` riding on it. The channel owns the descriptors from now on and
-  /// closes them once sent (the receiver has its own copies), or when the send fails. Returns
-  /// false when the queue is above the high-water mark (the message is still queued); `cb` gets
-  /// the outcome. Errors through `cb`: EMSGSIZE for a message longer than max_frame or more
-  /// than 253 descriptors; ENOTCONN when the channel is not open; the stream's errors (EPIPE
-  /// once the peer is gone).
+  /// closes them once sent (the receiver has its own copies), or when the send fails: to keep
+  /// one, send a dup of it. Returns false when the queue is above the high-water mark (the
+  /// message is still queued); `cb` gets the outcome, in order with other sends except for a
+  /// refused one (reported on the next iteration). Errors through `cb`: EMSGSIZE for a message
+  /// longer than max_frame or more than 253 descriptors; ENOTCONN when the channel is not open
+  /// or is disconnecting; the stream's errors (EPIPE once the peer is gone).
   bool send(std::string_view message, std::vector<unique_fd> fds = {}, send_callback cb = {});
 
   /// Each message in order, with its descriptors rebuilt as handles on this loop (adopt()).
+  /// Messages that arrive while no callback is set are dropped (their descriptors closed).
   void on_message(message_callback cb);
   void on_error(error_callback cb) { error_cb_ = std::move(cb); }
   /// Once, when the channel closes: the peer closed its end or died (mid-frame included), an
@@ -107,16 +118,21 @@ class KIN_API channel {
 
  private:
   friend struct detail::channel_state;
+  void receive(std::error_code ec, std::span<const std::byte> data, std::span<unique_fd> fds);
   void deliver_error(std::error_code ec);
   void closed_by_peer_or_error();
 
   loop& loop_;
   channel_options options_;
   std::unique_ptr<stream> stream_;
-  std::unique_ptr<detail::channel_state> state_;
+  // Shared with the callbacks the stream may run after a close (a pending shutdown's), which
+  // hold it weakly: a closed or destroyed channel is never called back.
+  std::shared_ptr<detail::channel_state> state_;
+  detail::call_guard* calling_ = nullptr;  // the innermost frame that is calling user code
   message_callback message_cb_;
   error_callback error_cb_;
   std::function<void()> disconnect_cb_;
+  bool message_cb_replaced_ = false;
   bool ref_on_message_ = false;  // from_environment: ref'd once a message callback is set
 };
 

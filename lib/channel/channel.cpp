@@ -13,18 +13,20 @@
 #include <optional>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 namespace kin {
 
 namespace detail {
 
 struct channel_state {
-  explicit channel_state(std::size_t max_frame) : decoder(max_frame) {}
+  channel_state(channel& c, std::size_t max_frame) : owner(c), decoder(max_frame) {}
+  channel& owner;
   native_decoder decoder;
   bool disconnecting = false;
-  call_guard* calling = nullptr;  // the innermost frame that is calling user code
 };
 
 }  // namespace detail
@@ -34,9 +36,7 @@ channel::channel(loop& l, channel_options options)
   stream_->set_water_marks(options_.high_water, options_.high_water / 4);
 }
 
-channel::~channel() {
-  if (state_) detail::call_guard::mark_all(state_->calling, true);
-}
+channel::~channel() { detail::call_guard::mark_all(calling_, true); }
 
 result<void> channel::open(unique_fd fd) noexcept {
   if (stream_->is_open()) return fail(errno_code(EISCONN));
@@ -52,47 +52,18 @@ result<void> channel::open(unique_fd fd) noexcept {
   }
   if (auto r = stream_->open(std::move(fd)); !r) return r;
   try {
-    state_ = std::make_unique<detail::channel_state>(options_.max_frame);
+    state_ = std::make_shared<detail::channel_state>(*this, options_.max_frame);
   } catch (...) {
     stream_->close();
     return fail(errno_code(ENOMEM));
   }
   auto started = stream_->read_start(
       [this](std::error_code ec, std::span<const std::byte> data, std::span<unique_fd> fds) {
-        detail::channel_state& s = *state_;
-        if (ec == errc::eof) {
-          if (auto r = s.decoder.finish(); !r) {
-            deliver_error(r.error());
-            return;
-          }
-          closed_by_peer_or_error();
-          return;
+        try {
+          receive(ec, data, fds);
+        } catch (const std::bad_alloc&) {
+          deliver_error(errno_code(ENOMEM));
         }
-        if (ec) {
-          // MSG_CTRUNC arrives as message_truncated with what did arrive: the decoder never
-          // sees it, every descriptor is closed here.
-          deliver_error(ec);
-          return;
-        }
-        auto fed = s.decoder.feed(data, fds);
-        detail::call_guard guard(s.calling);
-        while (auto frame = s.decoder.next()) {
-          std::vector<any_handle> handles;
-          handles.reserve(frame->fds.size());
-          for (unique_fd& received : frame->fds) {
-            auto h = adopt(loop_, std::move(received));
-            // adopt() fails only for a descriptor that is not open, which cannot arrive here.
-            if (h) handles.push_back(std::move(*h));
-          }
-          // Held here while it runs: it may set another callback, which must not destroy the
-          // one that is running.
-          message_callback cb = std::move(message_cb_);
-          message_cb_ = nullptr;
-          if (cb) cb(std::move(frame->payload), std::move(handles));
-          if (guard.gone) return;
-          if (!message_cb_) message_cb_ = std::move(cb);
-        }
-        if (!fed) deliver_error(fed.error());
       });
   if (!started) {
     (void)stream_->release();
@@ -100,6 +71,47 @@ result<void> channel::open(unique_fd fd) noexcept {
     return started;
   }
   return {};
+}
+
+void channel::receive(std::error_code ec, std::span<const std::byte> data,
+                      std::span<unique_fd> fds) {
+  detail::channel_state& s = *state_;
+  // A peer that closed with bytes of ours unread resets the connection: for a channel that is
+  // the peer going away, as EOF is.
+  if (ec == errc::eof || ec == std::errc::connection_reset) {
+    if (auto r = s.decoder.finish(); !r) {
+      deliver_error(r.error());
+      return;
+    }
+    closed_by_peer_or_error();
+    return;
+  }
+  if (ec) {
+    // MSG_CTRUNC arrives as message_truncated with what did arrive: the decoder never sees it,
+    // every descriptor is closed with the span.
+    deliver_error(ec);
+    return;
+  }
+  auto fed = s.decoder.feed(data, fds);
+  detail::call_guard guard(calling_);
+  while (auto frame = s.decoder.next()) {
+    std::vector<any_handle> handles;
+    handles.reserve(frame->fds.size());
+    for (unique_fd& received : frame->fds) {
+      auto h = adopt(loop_, std::move(received));
+      // adopt() fails only for a descriptor that is not open, which cannot arrive here.
+      if (h) handles.push_back(std::move(*h));
+    }
+    // Held here while it runs: it may set another callback (or none), which must not destroy
+    // the one that is running.
+    message_callback cb = std::move(message_cb_);
+    message_cb_ = nullptr;
+    message_cb_replaced_ = false;
+    if (cb) cb(std::move(frame->payload), std::move(handles));
+    if (guard.gone) return;
+    if (!message_cb_replaced_) message_cb_ = std::move(cb);
+  }
+  if (!fed) deliver_error(fed.error());
 }
 
 bool channel::send(std::string_view message, std::vector<unique_fd> fds, send_callback cb) {
@@ -127,6 +139,7 @@ void channel::on_drain(std::function<void()> cb) { stream_->on_drain(std::move(c
 
 void channel::on_message(message_callback cb) {
   message_cb_ = std::move(cb);
+  message_cb_replaced_ = true;
   if (message_cb_ && ref_on_message_) {
     ref_on_message_ = false;
     stream_->ref();
@@ -165,7 +178,12 @@ result<std::unique_ptr<channel>> channel::from_environment(loop& l, channel_opti
 
 result<forked, spawn_error> fork(loop& l, const std::string& program,
                                  const std::vector<std::string>& args, const fork_options& o) {
-  if (o.channel_fd < 0) return fail(spawn_error{spawn_step::prepare, errno_code(EINVAL), program});
+  rlimit lim{};
+  const bool in_limit = ::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY ||
+                        static_cast<rlim_t>(o.channel_fd) < lim.rlim_cur;
+  if (o.channel_fd < 0 || !in_limit) {
+    return fail(spawn_error{spawn_step::prepare, errno_code(EINVAL), program});
+  }
   auto pair = make_socketpair();
   if (!pair) return fail(spawn_error{spawn_step::prepare, pair.error(), program});
   spawn_options so = o.spawn;
@@ -181,21 +199,35 @@ result<forked, spawn_error> fork(loop& l, const std::string& program,
   auto child = spawn(l, so);
   if (!child) return fail(child.error());
   pair->second.reset();  // the child has its copy
-  auto ch = std::make_unique<channel>(l, o.channel);
-  // Cannot fail for a socketpair end just made; if it did, the channel reports ENOTCONN.
-  (void)ch->open(std::move(pair->first));
-  return forked{std::move(*child), std::move(ch)};
+  // A child without its channel is of no use: if the parent's end cannot be opened (or an
+  // allocation fails), it is killed (and reaped by the loop) and the error returned.
+  try {
+    auto ch = std::make_unique<channel>(l, o.channel);
+    if (auto r = ch->open(std::move(pair->first)); !r) {
+      (void)child->kill(SIGKILL);
+      return fail(spawn_error{spawn_step::prepare, r.error(), program});
+    }
+    return forked{std::move(*child), std::move(ch)};
+  } catch (...) {
+    (void)child->kill(SIGKILL);
+    throw;
+  }
 }
 
 void channel::disconnect() {
   if (!stream_->is_open() || !state_ || state_->disconnecting) return;
   state_->disconnecting = true;
   stream_->read_stop();
-  stream_->shutdown([this](std::error_code) { closed_by_peer_or_error(); });
+  // A close() (or the channel's end) before the shutdown completes has the stream report it
+  // later: only a channel still in this disconnect hears of it.
+  std::weak_ptr<detail::channel_state> weak = state_;
+  stream_->shutdown([weak](std::error_code) {
+    if (auto s = weak.lock()) s->owner.closed_by_peer_or_error();
+  });
 }
 
 void channel::close() noexcept {
-  if (state_) detail::call_guard::mark_all(state_->calling, false);
+  detail::call_guard::mark_all(calling_, false);
   stream_->close();
   state_.reset();
 }
@@ -210,8 +242,11 @@ void channel::deliver_error(std::error_code ec) {
   auto disc = std::move(disconnect_cb_);
   disconnect_cb_ = nullptr;
   close();
-  // Each may destroy the channel: the callbacks were copied out first.
+  // Each may destroy the channel: the callbacks were copied out first, and on_disconnect is
+  // not called for a channel on_error destroyed.
+  detail::call_guard guard(calling_);
   if (err) err(ec);
+  if (guard.owner_gone) return;
   if (disc) disc();
 }
 

@@ -60,7 +60,8 @@ result<void> native_decoder::start_frame() {
     current_.fds.push_back(std::move(fds_.front()));
     fds_.pop_front();
   }
-  current_.payload.reserve(length);
+  // Grown as the bytes arrive: 8 bytes from a peer must not reserve max_frame bytes.
+  current_.payload.reserve(std::min<std::size_t>(length, 64 * 1024));
   payload_left_ = length;
   if (length == 0) end_frame();
   return {};
