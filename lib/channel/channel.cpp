@@ -227,7 +227,9 @@ void channel::disconnect() {
 }
 
 void channel::close() noexcept {
+  // Every frame on the stack is told, and none will unlink itself: the chain starts afresh.
   detail::call_guard::mark_all(calling_, false);
+  calling_ = nullptr;
   stream_->close();
   state_.reset();
 }
