@@ -36,6 +36,8 @@ using kin::detail::native_decoder;
 using kin::detail::native_frame;
 using kin_test::leak_guard;
 
+using kin_test::child_path;
+
 namespace {
 
 // A descriptor that can be told apart from every other: the read end of a fresh pipe,
@@ -475,14 +477,6 @@ TEST_CASE("a channel opens only on a Unix stream socket, and closes anything els
 // ---- kin::fork and channel::from_environment --------------------------------------------------
 
 namespace {
-
-const std::string& child_path() {
-  static const std::string path = [] {
-    const char* p = std::getenv("KIN_TEST_CHILD");
-    return p != nullptr ? std::string(p) : std::string();
-  }();
-  return path;
-}
 
 // Sets KIN_CHANNEL_FD for the test (from_environment removes it).
 struct channel_env {

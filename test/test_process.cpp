@@ -60,17 +60,11 @@ struct StringMaker<kin::spawn_step> {
 };
 }  // namespace Catch
 
+using kin_test::child_path;
+
 namespace {
 
 // ---- the helper child and the loop that runs it ----------------------------------------------
-
-const std::string& child_path() {
-  static const std::string path = [] {
-    const char* p = std::getenv("KIN_TEST_CHILD");
-    return p != nullptr ? std::string(p) : std::string();
-  }();
-  return path;
-}
 
 // Options that run the helper child with `args` (its behaviour, then that behaviour's own).
 kin::spawn_options helper(std::vector<std::string> args) {

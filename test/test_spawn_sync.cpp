@@ -24,15 +24,9 @@
 using namespace std::chrono_literals;
 using kin_test::leak_guard;
 
-namespace {
+using kin_test::child_path;
 
-const std::string& child_path() {
-  static const std::string path = [] {
-    const char* p = std::getenv("KIN_TEST_CHILD");
-    return p != nullptr ? std::string(p) : std::string();
-  }();
-  return path;
-}
+namespace {
 
 // spawn_sync options that run the helper child with `args` (its behaviour and its own args).
 kin::spawn_sync_options helper(std::vector<std::string> args) {

@@ -24,6 +24,15 @@ extern char** environ;
 
 namespace kin_test {
 
+/// The helper child binary (KIN_TEST_CHILD, set by meson), or "" when it is not set.
+inline const std::string& child_path() {
+  static const std::string path = [] {
+    const char* p = std::getenv("KIN_TEST_CHILD");
+    return p != nullptr ? std::string(p) : std::string();
+  }();
+  return path;
+}
+
 /// The descriptors open in this process (the directory listing's own fd excluded).
 inline std::set<int> open_fds() {
   std::set<int> fds;
