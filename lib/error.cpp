@@ -34,6 +34,10 @@ class category final : public std::error_category {
         return "child was ended by a signal";
       case errc::no_channel:
         return "no channel descriptor in the environment";
+      case errc::stray_descriptor:
+        return "a descriptor arrived that no message claims";
+      case errc::unexpected_acknowledgement:
+        return "an acknowledgement arrived for no handle sent";
     }
     return "unknown kin error " + std::to_string(value);
   }

@@ -23,6 +23,8 @@ enum class errc {
   child_failed,             ///< a child exited with a non-zero status
   child_signalled,          ///< a signal ended a child
   no_channel,               ///< no channel descriptor in the environment (KIN_CHANNEL_FD)
+  stray_descriptor,         ///< a descriptor arrived that no message claims
+  unexpected_acknowledgement,  ///< a NODE_HANDLE_ACK or _NACK arrived for no handle sent
 };
 
 /// The category of kin::errc; its name is "kin".

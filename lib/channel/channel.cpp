@@ -1,42 +1,48 @@
-// kin::channel with the native codec: frames written through a stream (which batches queued
-// frames, and their descriptors, into one sendmsg) and rebuilt by native_decoder.
+// kin::channel: messages written through a stream (which batches queued writes, and their
+// descriptors, into one sendmsg) and rebuilt by the codec's decoder. The native codec is here;
+// the Node codec's handle protocol is in channel_node.cpp, fork() and from_environment() in
+// fork.cpp.
 #include <kin/channel.hpp>
 
 #include "call_guard.hpp"
-#include "channel/native_frame.hpp"
+#include "channel/channel_state.hpp"
 
 #include <kin/fd_kind.hpp>
-#include <kin/this_process.hpp>
 
 #include <cerrno>
-#include <charconv>
-#include <optional>
-
-#include <fcntl.h>
-#include <sys/resource.h>
 #include <cstdint>
 #include <cstring>
 #include <new>
+
+#include <fcntl.h>
 
 namespace kin {
 
 namespace detail {
 
-struct channel_state {
-  channel_state(channel& c, std::size_t max_frame) : owner(c), decoder(max_frame) {}
-  channel& owner;
-  native_decoder decoder;
-  bool disconnecting = false;
-};
+channel_state::channel_state(channel& c, const channel_options& o) : owner(c) {
+  if (o.codec == channel_codec::node) {
+    node.emplace(o.max_frame);
+  } else {
+    native.emplace(o.max_frame);
+  }
+}
 
 }  // namespace detail
 
 channel::channel(loop& l, channel_options options)
     : loop_(l), options_(options), stream_(std::make_unique<stream>(l)) {
-  stream_->set_water_marks(options_.high_water, options_.high_water / 4);
+  // The stream reports when its own queue falls to the low mark; the channel adds what the
+  // node codec holds back and decides when on_drain is due (maybe_drain).
+  const std::size_t low = options_.high_water / 4;
+  stream_->set_water_marks(low, low);
+  stream_->on_drain([this] { maybe_drain(); });
 }
 
-channel::~channel() { detail::call_guard::mark_all(calling_, true); }
+channel::~channel() {
+  detail::call_guard::mark_all(calling_, true);
+  if (state_) state_->cancel_held();
+}
 
 result<void> channel::open(unique_fd fd) noexcept {
   if (stream_->is_open()) return fail(errno_code(EISCONN));
@@ -52,7 +58,7 @@ result<void> channel::open(unique_fd fd) noexcept {
   }
   if (auto r = stream_->open(std::move(fd)); !r) return r;
   try {
-    state_ = std::make_shared<detail::channel_state>(*this, options_.max_frame);
+    state_ = std::make_shared<detail::channel_state>(*this, options_);
   } catch (...) {
     stream_->close();
     return fail(errno_code(ENOMEM));
@@ -79,7 +85,8 @@ void channel::receive(std::error_code ec, std::span<const std::byte> data,
   // A peer that closed with bytes of ours unread resets the connection: for a channel that is
   // the peer going away, as EOF is.
   if (ec == errc::eof || ec == std::errc::connection_reset) {
-    if (auto r = s.decoder.finish(); !r) {
+    auto r = s.native ? s.native->finish() : s.node->finish();
+    if (!r) {
       deliver_error(r.error());
       return;
     }
@@ -92,9 +99,18 @@ void channel::receive(std::error_code ec, std::span<const std::byte> data,
     deliver_error(ec);
     return;
   }
-  auto fed = s.decoder.feed(data, fds);
+  if (s.node) {
+    s.receive_node(data, fds);
+  } else {
+    receive_native(data, fds);
+  }
+}
+
+void channel::receive_native(std::span<const std::byte> data, std::span<unique_fd> fds) {
+  detail::channel_state& s = *state_;
+  auto fed = s.native->feed(data, fds);
   detail::call_guard guard(calling_);
-  while (auto frame = s.decoder.next()) {
+  while (auto frame = s.native->next()) {
     std::vector<any_handle> handles;
     handles.reserve(frame->fds.size());
     for (unique_fd& received : frame->fds) {
@@ -102,28 +118,50 @@ void channel::receive(std::error_code ec, std::span<const std::byte> data,
       // adopt() fails only for a descriptor that is not open, which cannot arrive here.
       if (h) handles.push_back(std::move(*h));
     }
-    // Held here while it runs: it may set another callback (or none), which must not destroy
-    // the one that is running.
-    message_callback cb = std::move(message_cb_);
-    message_cb_ = nullptr;
-    message_cb_replaced_ = false;
-    if (cb) cb(std::move(frame->payload), std::move(handles));
-    if (guard.gone) return;
-    if (!message_cb_replaced_) message_cb_ = std::move(cb);
+    if (!deliver(std::move(frame->payload), std::move(handles), false)) return;
   }
   if (!fed) deliver_error(fed.error());
 }
 
+bool channel::deliver(std::string message, std::vector<any_handle> handles, bool internal) {
+  detail::call_guard guard(calling_);
+  if (internal) {
+    if (message_callback cb = internal_cb_) cb(std::move(message), std::move(handles));
+    return !guard.gone;
+  }
+  // Held here while it runs: it may set another callback (or none), which must not destroy the
+  // one that is running.
+  message_callback cb = std::move(message_cb_);
+  message_cb_ = nullptr;
+  message_cb_replaced_ = false;
+  if (cb) cb(std::move(message), std::move(handles));
+  if (guard.gone) return false;
+  if (!message_cb_replaced_) message_cb_ = std::move(cb);
+  return true;
+}
+
+bool channel::refuse(int err, send_callback& cb) {
+  // Through the loop, never from inside send().
+  if (cb) loop_.post([cb = std::move(cb), err] { cb(errno_code(err)); });
+  return below_high_water();
+}
+
+bool channel::below_high_water() noexcept {
+  if (queued_bytes() <= options_.high_water) return true;
+  over_high_ = true;
+  return false;
+}
+
 bool channel::send(std::string_view message, std::vector<unique_fd> fds, send_callback cb) {
-  auto refuse = [&](int err) {
-    // Through the loop, never from inside send().
-    if (cb) loop_.post([cb = std::move(cb), err] { cb(errno_code(err)); });
-    return !(stream_->write_queue_size() > options_.high_water);
-  };
-  if (!stream_->is_open() || !state_ || state_->disconnecting) return refuse(ENOTCONN);
-  if (message.size() > options_.max_frame || fds.size() > detail::native_frame::max_fds ||
-      message.size() > UINT32_MAX) {
-    return refuse(EMSGSIZE);
+  if (!stream_->is_open() || !state_ || state_->disconnecting) return refuse(ENOTCONN, cb);
+  const bool node = options_.codec == channel_codec::node;
+  const std::size_t max_fds = node ? 1 : detail::native_frame::max_fds;
+  if (message.size() > options_.max_frame || fds.size() > max_fds || message.size() > UINT32_MAX) {
+    return refuse(EMSGSIZE, cb);
+  }
+  if (node) {
+    if (const int err = state_->send_node(message, fds, cb); err != 0) return refuse(err, cb);
+    return below_high_water();
   }
   std::byte header[detail::native_frame::header_size];
   detail::encode_native_header(static_cast<std::uint32_t>(message.size()),
@@ -131,11 +169,36 @@ bool channel::send(std::string_view message, std::vector<unique_fd> fds, send_ca
   std::vector<std::byte> frame(sizeof header + message.size());
   std::memcpy(frame.data(), header, sizeof header);
   if (!message.empty()) std::memcpy(frame.data() + sizeof header, message.data(), message.size());
-  if (fds.empty()) return stream_->write(std::move(frame), std::move(cb));
-  return stream_->write(std::span<const std::byte>(frame), std::move(fds), std::move(cb));
+  if (fds.empty()) {
+    stream_->write(std::move(frame), std::move(cb));
+  } else {
+    stream_->write(std::span<const std::byte>(frame), std::move(fds), std::move(cb));
+  }
+  return below_high_water();
 }
 
-void channel::on_drain(std::function<void()> cb) { stream_->on_drain(std::move(cb)); }
+bool channel::send_keeping(std::string_view message, std::span<const int> fds, send_callback cb) {
+  std::vector<unique_fd> copies;
+  copies.reserve(fds.size());
+  for (const int fd : fds) {
+    const int copy = fd < 0 ? -1 : ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) return refuse(fd < 0 ? EBADF : errno, cb);
+    copies.emplace_back(copy);
+  }
+  return send(message, std::move(copies), std::move(cb));
+}
+
+void channel::maybe_drain() {
+  if (!over_high_ || queued_bytes() > options_.high_water / 4) return;
+  over_high_ = false;
+  detail::call_guard guard(calling_);
+  // Held while it runs, as the message callback is.
+  auto cb = std::move(drain_cb_);
+  drain_cb_ = nullptr;
+  if (cb) cb();
+  if (guard.owner_gone) return;
+  if (!drain_cb_) drain_cb_ = std::move(cb);
+}
 
 void channel::on_message(message_callback cb) {
   message_cb_ = std::move(cb);
@@ -146,77 +209,17 @@ void channel::on_message(message_callback cb) {
   }
 }
 
-result<std::unique_ptr<channel>> channel::from_environment(loop& l, channel_options options) {
-  constexpr const char* variable = "KIN_CHANNEL_FD";
-  const std::optional<std::string> value = this_process::get_env(variable);
-  if (!value) return fail(make_error_code(errc::no_channel));
-  (void)this_process::unset_env(variable);
-  int fd = -1;
-  const char* first = value->data();
-  const char* last = first + value->size();
-  auto [end, ec] = std::from_chars(first, last, fd);
-  if (ec != std::errc() || end != last || value->empty() || fd < 0) {
-    return fail(errno_code(EINVAL));
-  }
-  // Looked at before it is taken: a descriptor that is not a channel is not ours to close.
-  auto kind = detect_fd_kind(fd);
-  if (!kind) return fail(kind.error());
-  if (*kind != fd_kind::unix_stream_socket) {
-    const bool socket = *kind != fd_kind::pipe && *kind != fd_kind::file &&
-                        *kind != fd_kind::character_device && *kind != fd_kind::directory &&
-                        *kind != fd_kind::other;
-    return fail(errno_code(socket ? EINVAL : ENOTSOCK));
-  }
-  // Inherited without close-on-exec: this process's own children must not get it.
-  if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) return fail(errno_code(errno));
-  auto ch = std::make_unique<channel>(l, options);
-  if (auto r = ch->open(unique_fd(fd)); !r) return fail(r.error());
-  ch->stream_->unref();
-  ch->ref_on_message_ = true;
-  return ch;
-}
-
-result<forked, spawn_error> fork(loop& l, const std::string& program,
-                                 const std::vector<std::string>& args, const fork_options& o) {
-  rlimit lim{};
-  const bool in_limit = ::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY ||
-                        static_cast<rlim_t>(o.channel_fd) < lim.rlim_cur;
-  if (o.channel_fd < 0 || !in_limit) {
-    return fail(spawn_error{spawn_step::prepare, errno_code(EINVAL), program});
-  }
-  auto pair = make_socketpair();
-  if (!pair) return fail(spawn_error{spawn_step::prepare, pair.error(), program});
-  spawn_options so = o.spawn;
-  so.file = program;
-  so.args.clear();
-  so.args.reserve(args.size() + 1);
-  so.args.push_back(program);
-  so.args.insert(so.args.end(), args.begin(), args.end());
-  const auto at = static_cast<std::size_t>(o.channel_fd);
-  if (so.stdio.size() <= at) so.stdio.resize(at + 1, stdio::closed());
-  so.stdio[at] = stdio::fd(pair->second.get());
-  so.env.emplace_back("KIN_CHANNEL_FD", std::to_string(o.channel_fd));
-  auto child = spawn(l, so);
-  if (!child) return fail(child.error());
-  pair->second.reset();  // the child has its copy
-  // A child without its channel is of no use: if the parent's end cannot be opened (or an
-  // allocation fails), it is killed (and reaped by the loop) and the error returned.
-  try {
-    auto ch = std::make_unique<channel>(l, o.channel);
-    if (auto r = ch->open(std::move(pair->first)); !r) {
-      (void)child->kill(SIGKILL);
-      return fail(spawn_error{spawn_step::prepare, r.error(), program});
-    }
-    return forked{std::move(*child), std::move(ch)};
-  } catch (...) {
-    (void)child->kill(SIGKILL);
-    throw;
-  }
-}
-
 void channel::disconnect() {
   if (!stream_->is_open() || !state_ || state_->disconnecting) return;
   state_->disconnecting = true;
+  // The node codec keeps reading until the handle in flight is acknowledged and what it held
+  // back is sent (as Node does); then the shutdown starts (channel_node.cpp).
+  if (state_->node && state_->node_queue_busy()) return;
+  start_shutdown();
+}
+
+void channel::start_shutdown() {
+  state_->shutting_down = true;
   stream_->read_stop();
   // A close() (or the channel's end) before the shutdown completes has the stream report it
   // later: only a channel still in this disconnect hears of it.
@@ -231,11 +234,15 @@ void channel::close() noexcept {
   detail::call_guard::mark_all(calling_, false);
   calling_ = nullptr;
   stream_->close();
+  if (state_) state_->cancel_held();
   state_.reset();
+  over_high_ = false;
 }
 
 bool channel::is_open() const noexcept { return stream_->is_open() && state_ != nullptr; }
-std::size_t channel::queued_bytes() const noexcept { return stream_->write_queue_size(); }
+std::size_t channel::queued_bytes() const noexcept {
+  return stream_->write_queue_size() + (state_ ? state_->held_bytes : 0);
+}
 void channel::ref() noexcept { stream_->ref(); }
 void channel::unref() noexcept { stream_->unref(); }
 

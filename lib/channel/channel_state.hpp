@@ -1,0 +1,60 @@
+// What an open kin::channel holds besides its stream: the decoder of its codec and, for the
+// Node codec, the handle protocol's sender side (one handle in flight until acknowledged, the
+// messages sent meanwhile held back in order).
+#pragma once
+
+#include <kin/channel.hpp>
+
+#include "channel/native_frame.hpp"
+#include "channel/node_frame.hpp"
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+
+namespace kin::detail {
+
+// A message sent while a handle waits for its acknowledgement: its line, built and checked.
+struct held_message {
+  std::string line;
+  unique_fd fd;  // for a NODE_HANDLE line
+  channel::send_callback cb;
+};
+
+struct channel_state {
+  channel_state(channel& c, const channel_options& o);
+
+  channel& owner;
+  std::optional<native_decoder> native;
+  std::optional<node_decoder> node;
+  bool disconnecting = false;  // disconnect() was called: no more sends
+  bool shutting_down = false;  // its shutdown started (after the node codec's queue drained)
+
+  // Node codec, sending: the handle in flight.
+  bool awaiting_ack = false;
+  std::string handle_line;
+  unique_fd retained;  // a duplicate, to send again if the peer refuses it
+  channel::send_callback handle_cb;
+  int retransmissions = 0;
+  std::uint64_t handle_serial = 0;
+  std::deque<held_message> held;
+  std::size_t held_bytes = 0;
+
+  // Node codec (channel_node.cpp).
+  void receive_node(std::span<const std::byte> data, std::span<unique_fd> fds);
+  // 0 when queued, or the errno to refuse the message with.
+  int send_node(std::string_view message, std::vector<unique_fd>& fds, channel::send_callback& cb);
+  [[nodiscard]] bool node_queue_busy() const noexcept { return awaiting_ack || !held.empty(); }
+  // The callbacks of the messages the node codec still holds, failed with ECANCELED on a later
+  // iteration (the channel closed).
+  void cancel_held() noexcept;
+
+ private:
+  int write_handle(std::string& line, unique_fd& fd, channel::send_callback& cb);
+  void acknowledged(bool ack);
+  void complete_handle(std::error_code ec);
+  void flush_held();
+};
+
+}  // namespace kin::detail
