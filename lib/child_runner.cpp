@@ -116,17 +116,16 @@ result<process, spawn_error> child_runner::start(loop& l, const spawn_options& o
 
 // Writes the input and then half-closes; a duplex entry goes on being read.
 void child_runner::serve_input(stream& s) {
-  const int fd = 0;
-  auto after = [this, fd](std::error_code ec) {
+  auto after = [this](std::error_code ec) {
     if (ec && ec != std::errc::operation_canceled) note_pipe(ec);
-    if (ec || !res_.output[fd]) end_stream(fd);
+    if (ec || !res_.output[0]) end_stream(0);
   };
-  s.write(std::move(input_), [this, fd, after](std::error_code ec) {
+  s.write(std::move(input_), [this, after](std::error_code ec) {
     if (ec) {
       after(ec);
       return;
     }
-    if (streams_[fd]) streams_[fd]->shutdown(after);
+    if (streams_[0]) streams_[0]->shutdown(after);
   });
 }
 

@@ -356,7 +356,9 @@ char* const* build_env(const spawn_options& o, prepared& p) {
   for (const std::string& name : o.env_unset) {
     std::erase_if(p.env_storage, [&](const std::string& s) { return env_name_is(s, name); });
   }
-  for (const auto& [name, value] : o.env) {
+  for (const auto& entry : o.env) {
+    const std::string& name = entry.first;
+    const std::string& value = entry.second;
     auto same = [&](const std::string& s) { return env_name_is(s, name); };
     auto it = std::find_if(p.env_storage.begin(), p.env_storage.end(), same);
     if (it == p.env_storage.end()) {

@@ -343,6 +343,37 @@ TEST_CASE("a channel delivers every message and descriptor exactly once, in orde
   }
 }
 
+TEST_CASE("send_keeping sends duplicates and leaves the caller's descriptors open",
+          "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  kin::channel sender(l);
+  REQUIRE(sender.open(std::move(pair->first)));
+  recording_channel receiver(l);
+  REQUIRE(receiver.ch.open(std::move(pair->second)));
+  kin::unique_fd a = marked_fd();
+  kin::unique_fd b = marked_fd();
+  const int mine[] = {a.get(), b.get()};
+  std::error_code outcome{kin::errc::eof};
+  sender.send_keeping("kept", mine, [&](std::error_code ec) { outcome = ec; });
+  // A descriptor that is not open is refused, and nothing is sent.
+  const int closed_fd[] = {marked_fd().get()};  // closed at the end of the full expression
+  std::error_code refused;
+  sender.send_keeping("never", closed_fd, [&](std::error_code ec) { refused = ec; });
+  REQUIRE(kin_test::run_until(l, [&] { return receiver.got.size() == 1 && refused; }));
+  CHECK_FALSE(outcome);
+  CHECK(refused == std::errc::bad_file_descriptor);
+  CHECK(receiver.got[0].message == "kept");
+  CHECK(receiver.got[0].inodes == std::vector<ino_t>{inode_of(a.get()), inode_of(b.get())});
+  // Still the caller's, still open.
+  CHECK(::fcntl(a.get(), F_GETFD) >= 0);
+  CHECK(::fcntl(b.get(), F_GETFD) >= 0);
+  l.run_nowait();
+  CHECK(receiver.got.size() == 1);
+}
+
 TEST_CASE("a channel refuses what it cannot frame", "[channel]") {
   leak_guard leaks;
   kin::loop l;

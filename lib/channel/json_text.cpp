@@ -3,6 +3,7 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -12,6 +13,9 @@ namespace kin::detail {
 namespace {
 
 constexpr std::size_t shared_parser_limit = 1024 * 1024;
+// The deepest nesting accepted. JSON.parse has no limit; simdjson needs about 17 bytes a level
+// while it parses such a text.
+constexpr std::size_t max_json_depth = std::size_t{1} << 20;
 
 bool is_json_space(char c) noexcept { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -164,6 +168,15 @@ json_facts inspect_json(std::string_view text) {
     // them equal a name kin looks for, nor change whether they start with "NODE_".
     if (!neutralize(copy->data(), copy->size())) return {};
     error = parser->parse(copy->data(), copy->size(), false).get(root);
+  }
+  std::unique_ptr<simdjson::dom::parser> deep;
+  if (error == simdjson::DEPTH_ERROR) {
+    // Deeper than simdjson's default 1024 levels, which JSON.parse takes: a parser of its own,
+    // as deep as the text can nest (each level takes a byte), up to max_json_depth.
+    deep = std::make_unique<simdjson::dom::parser>();
+    const std::size_t depth = std::min(copy->size() / 2 + 1, max_json_depth);
+    if (deep->allocate(copy->size(), depth) != simdjson::SUCCESS) throw std::bad_alloc();
+    error = deep->parse(copy->data(), copy->size(), false).get(root);
   }
   if (error == simdjson::UTF8_ERROR) {
     json_facts f;

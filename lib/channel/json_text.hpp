@@ -25,8 +25,10 @@ struct json_facts {
 };
 
 /// Checks `text` with simdjson. Numbers JSON allows but simdjson will not hold (integers
-/// beyond 64 bits, exponents beyond a double: JSON.parse gives an approximation or Infinity)
-/// are accepted. Never throws but std::bad_alloc.
+/// beyond 64 bits, exponents beyond a double: JSON.parse gives an approximation or Infinity),
+/// escaped lone surrogates (JSON.stringify writes them) and nesting deeper than simdjson's
+/// default 1024 levels are accepted, the nesting up to 2^20 levels (JSON.parse has no limit).
+/// Never throws but std::bad_alloc.
 json_facts inspect_json(std::string_view text);
 
 /// The text of the value of the top-level member `key` of the JSON object `object` (the last

@@ -32,8 +32,8 @@ struct node_message {
   };
   kind type = kind::user;
   /// The message's JSON text: the line (without its line break and surrounding whitespace),
-  /// or for a NODE_HANDLE the text of its "msg" (unwrapped from a retransmission envelope).
-  /// Invalid UTF-8 was replaced by U+FFFD, as Node decodes it.
+  /// or for a NODE_HANDLE the text of its "msg" (unwrapped from a retransmission envelope);
+  /// empty for an acknowledgement. Invalid UTF-8 was replaced by U+FFFD, as Node decodes it.
   std::string text;
   /// Whether it came in a NODE_HANDLE envelope (and so must be acknowledged), and its
   /// descriptor.
