@@ -18,6 +18,13 @@
 
 namespace kin {
 
+namespace {
+
+// Frames up to this size are built on the stack (below the stream's coalescing threshold).
+constexpr std::size_t small_frame = 2048;
+
+}  // namespace
+
 namespace detail {
 
 channel_state::channel_state(channel& c, const channel_options& o) : owner(c) {
@@ -166,9 +173,25 @@ bool channel::send(std::string_view message, std::vector<unique_fd> fds, send_ca
   std::byte header[detail::native_frame::header_size];
   detail::encode_native_header(static_cast<std::uint32_t>(message.size()),
                                static_cast<std::uint16_t>(fds.size()), header);
-  std::vector<std::byte> frame(sizeof header + message.size());
-  std::memcpy(frame.data(), header, sizeof header);
-  if (!message.empty()) std::memcpy(frame.data() + sizeof header, message.data(), message.size());
+  const std::size_t total = sizeof header + message.size();
+  if (total <= small_frame) {
+    // Built on the stack: the stream copies a small write into its queue anyway.
+    std::byte frame[small_frame];
+    std::memcpy(frame, header, sizeof header);
+    if (!message.empty()) std::memcpy(frame + sizeof header, message.data(), message.size());
+    const std::span<const std::byte> bytes(frame, total);
+    if (fds.empty()) {
+      stream_->write(bytes, std::move(cb));
+    } else {
+      stream_->write(bytes, std::move(fds), std::move(cb));
+    }
+    return below_high_water();
+  }
+  std::vector<std::byte> frame;
+  frame.reserve(total);
+  frame.insert(frame.end(), header, header + sizeof header);
+  const auto* text = reinterpret_cast<const std::byte*>(message.data());
+  frame.insert(frame.end(), text, text + message.size());
   if (fds.empty()) {
     stream_->write(std::move(frame), std::move(cb));
   } else {

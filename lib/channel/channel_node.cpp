@@ -54,7 +54,7 @@ void channel_state::receive_node(std::span<const std::byte> data, std::span<uniq
     }
     if (m->handle) {
       // Node acknowledges before it builds the handle; the acknowledgement is never held back.
-      owner.stream_->write(bytes_of(node_ack_line));
+      send_now(node_ack_line);
     }
     std::vector<any_handle> handles;
     if (m->fd) {
@@ -64,17 +64,33 @@ void channel_state::receive_node(std::span<const std::byte> data, std::span<uniq
     if (!owner.deliver(std::move(m->text), std::move(handles), m->type == kind::internal)) return;
   }
   if (!fed) {
-    // Node answers a NODE_HANDLE that came without its descriptor with a refusal; the channel
-    // closes right after, so it goes out only if the kernel takes it now.
-    if (node->nack_owed()) (void)owner.stream_->try_write(bytes_of(node_nack_line));
+    // Node answers a NODE_HANDLE that came without its descriptor with a refusal. The channel
+    // closes right after, dropping what is queued: the refusal goes out if nothing of ours waits
+    // before it (acknowledgements go out at once, see send_now) and the kernel takes it.
+    if (node->nack_owed() && owner.stream_->write_queue_size() == 0) {
+      (void)owner.stream_->try_write(bytes_of(node_nack_line));
+    }
     owner.deliver_error(fed.error());
   }
+}
+
+// A short line of the protocol's own (an acknowledgement): written at once when nothing is
+// queued before it, else queued.
+void channel_state::send_now(std::string_view line) {
+  std::size_t done = 0;
+  if (owner.stream_->write_queue_size() == 0) {
+    if (auto n = owner.stream_->try_write(bytes_of(line))) done = *n;
+  }
+  if (done < line.size()) owner.stream_->write(bytes_of(line.substr(done)));
 }
 
 int channel_state::send_node(std::string_view message, std::vector<unique_fd>& fds,
                              channel::send_callback& cb) {
   auto line = node_line(message);
   if (!line) return EINVAL;
+  // The peer's limit is on the line without its line break; a minified message may be shorter.
+  const std::size_t max_line = owner.options_.max_frame;
+  if (line->size() - 1 > max_line) return EMSGSIZE;
   if (fds.empty()) {
     if (node_queue_busy()) {
       held_bytes += line->size();
@@ -92,6 +108,7 @@ int channel_state::send_node(std::string_view message, std::vector<unique_fd>& f
   const int family = *kind == fd_kind::udp_socket ? socket_family(fd) : 0;
   auto envelope = node_handle_line(*line, *kind, family);
   if (!envelope) return envelope.error().value();
+  if (envelope->size() - 1 > max_line) return EMSGSIZE;
   if (node_queue_busy()) {
     held_bytes += envelope->size();
     held.push_back({std::move(*envelope), std::move(fds.front()), std::move(cb)});

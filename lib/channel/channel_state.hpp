@@ -52,6 +52,7 @@ struct channel_state {
 
  private:
   int write_handle(std::string& line, unique_fd& fd, channel::send_callback& cb);
+  void send_now(std::string_view line);
   void acknowledged(bool ack);
   void complete_handle(std::error_code ec);
   void flush_held();

@@ -56,7 +56,7 @@ using stream::run_result;
 // ---- implementations ------------------------------------------------------------------------
 
 /// The implementations, in the order the runs alternate.
-enum class impl { kin, kin_node, raw_block, raw_epoll, libuv, node };
+enum class impl { kin, kin_node, raw_block, raw_epoll, raw_epoll_1, libuv, node };
 
 inline const char* name_of(impl i) noexcept {
   switch (i) {
@@ -68,6 +68,8 @@ inline const char* name_of(impl i) noexcept {
       return "raw_block";
     case impl::raw_epoll:
       return "raw_epoll";
+    case impl::raw_epoll_1:
+      return "raw_epoll_1";
     case impl::libuv:
       return "libuv";
     case impl::node:

@@ -299,7 +299,10 @@ int raw_receiver(int fd, bool nonblocking, size_kind kind, long warm, long n) {
   return 0;
 }
 
-run_result run_raw(bool nonblocking, size_kind kind, long n) {
+// raw_block (blocking, one write per frame), raw_epoll (non-blocking, frames gathered into
+// 64 KiB writes) or raw_epoll_1 (non-blocking, one write per frame: perf-ipc.md's
+// raw.epoll.tput.64).
+run_result run_raw(bool nonblocking, bool batched, size_kind kind, long n) {
   const long warm = warmup_of(n, 1);
   const peer p = kin_bench::stream::fork_peer(
       [&](int fd) { return raw_receiver(fd, nonblocking, kind, warm, n); });
@@ -310,11 +313,10 @@ run_result run_raw(bool nonblocking, size_kind kind, long n) {
     frame_buffer acks(4096);
     std::vector<std::byte> frame(header_size + kind.payload(), std::byte{filler});
     std::uint64_t seq = 0;
-    // raw_block: one write per frame; raw_epoll: through the batch.
     auto send_phase = [&](long count) {
       for (long i = 0; i < count; ++i) {
         put_frame(frame.data(), static_cast<std::uint32_t>(kind.payload()), seq++);
-        if (nonblocking) {
+        if (batched) {
           batch.add(frame.data(), frame.size());
         } else {
           c.send(frame.data(), frame.size());
@@ -503,7 +505,8 @@ int main(int argc, char** argv) {
       "[--runs N (5)] [--size small|64k|all (all)] [--messages N (small messages per run of "
       "kin, kin_node and raw_epoll: 2000000; raw_block, libuv and node send a tenth)] "
       "[--large-messages N (64 KiB messages per run: 20000; node sends a tenth)] [--only "
-      "kin|kin_node|raw_block|raw_epoll|libuv|node (that one alone, no warm-up run, no BENCH "
+      "kin|kin_node|raw_block|raw_epoll|raw_epoll_1|libuv|node (that one alone, no warm-up run, no "
+      "BENCH "
       "line)] [--skip impl,impl (e.g. kin_node)] [--pin none|same (none)] [--spawn kin|fork (kin: "
       "kin::fork; fork: fork and execv by hand, for valgrind)]");
   if (sizes != "all" && sizes != "small" && sizes != "64k") die("--size is small, 64k or all");
@@ -538,15 +541,17 @@ int main(int argc, char** argv) {
         {impl::kin, n, [kind](long k) { return run_kin(kin::channel_codec::native, kind, k); }},
         {impl::kin_node, n, [kind](long k) { return run_kin(kin::channel_codec::node, kind, k); }},
         {impl::raw_block, kind.large ? n : slow,
-         [kind](long k) { return run_raw(false, kind, k); }},
-        {impl::raw_epoll, n, [kind](long k) { return run_raw(true, kind, k); }},
+         [kind](long k) { return run_raw(false, false, kind, k); }},
+        {impl::raw_epoll, n, [kind](long k) { return run_raw(true, true, kind, k); }},
+        {impl::raw_epoll_1, kind.large ? n : slow,
+         [kind](long k) { return run_raw(true, false, kind, k); }},
         {impl::libuv, kind.large ? n : slow, [kind](long k) { return run_libuv(kind, k); }},
         {impl::node, slow, node_run}};
-    c.comparisons = {{impl::kin, impl::raw_epoll},      {impl::kin, impl::raw_block},
-                     {impl::kin, impl::libuv},          {impl::kin_node, impl::node},
-                     {impl::kin_node, impl::raw_epoll}, {impl::kin_node, impl::raw_block},
-                     {impl::node, impl::raw_block},     {impl::libuv, impl::raw_block},
-                     {impl::raw_epoll, impl::raw_block}};
+    c.comparisons = {{impl::kin, impl::raw_epoll},      {impl::kin, impl::raw_epoll_1},
+                     {impl::kin, impl::raw_block},      {impl::kin, impl::libuv},
+                     {impl::kin_node, impl::node},      {impl::kin_node, impl::raw_epoll},
+                     {impl::kin_node, impl::raw_block}, {impl::node, impl::raw_block},
+                     {impl::libuv, impl::raw_block},    {impl::raw_epoll, impl::raw_block}};
     run_case(c, o);
   }
   if (kin_bench::open_fd_count() != fds_before) die("a run left a descriptor open");
