@@ -2,6 +2,7 @@
 #include <kin/handle.hpp>
 
 #include "posix/sys.hpp"
+#include "stream_opener.hpp"
 
 #include <memory>
 #include <utility>
@@ -17,6 +18,16 @@ result<any_handle> open_new(loop& l, unique_fd fd) {
   return any_handle(std::move(h));
 }
 
+// A stream whose kind was just detected: opened without classifying it again.
+template <class H>
+result<any_handle> open_stream(loop& l, unique_fd fd, fd_kind kind) {
+  auto h = std::make_unique<H>(l);
+  if (auto r = detail::stream_opener::open_known(*h, std::move(fd), kind); !r) {
+    return fail(r.error());
+  }
+  return any_handle(std::move(h));
+}
+
 }  // namespace
 
 result<any_handle> adopt(loop& l, unique_fd fd) {
@@ -26,17 +37,17 @@ result<any_handle> adopt(loop& l, unique_fd fd) {
     case fd_kind::tcp_server:
       return open_new<tcp_server>(l, std::move(fd));
     case fd_kind::tcp_socket:
-      return open_new<tcp_socket>(l, std::move(fd));
+      return open_stream<tcp_socket>(l, std::move(fd), *kind);
     case fd_kind::unix_server:
       // A listening SOCK_SEQPACKET socket is a unix_server by kind but not a stream server.
       if (!sys::is_stream_socket(fd.get())) return any_handle(raw_descriptor{std::move(fd), *kind});
       return open_new<unix_server>(l, std::move(fd));
     case fd_kind::unix_stream_socket:
-      return open_new<unix_socket>(l, std::move(fd));
+      return open_stream<unix_socket>(l, std::move(fd), *kind);
     case fd_kind::udp_socket:
       return open_new<udp_socket>(l, std::move(fd));
     case fd_kind::pipe:
-      return open_new<pipe>(l, std::move(fd));
+      return open_stream<pipe>(l, std::move(fd), *kind);
     case fd_kind::file:
       return open_new<file>(l, std::move(fd));
     default:

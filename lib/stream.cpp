@@ -582,6 +582,10 @@ result<void> detail::stream_opener::open_new(stream& s, unique_fd fd, fd_kind ki
   return s.open_detected(std::move(fd), kind, true);
 }
 
+result<void> detail::stream_opener::open_known(stream& s, unique_fd fd, fd_kind kind) noexcept {
+  return s.open_detected(std::move(fd), kind, false);
+}
+
 result<void> stream::open_as(unique_fd fd, fd_kind kind) noexcept {
   if (auto r = sys::require_kind(fd.get(), kind); !r) return r;
   return open_detected(std::move(fd), kind);

@@ -1914,6 +1914,7 @@ TEST_CASE("from_environment opens NODE_CHANNEL_FD with the node codec", "[channe
   std::optional<channel_vars> vars;
   SECTION("mode unset") { vars.emplace(number, std::nullopt); }
   SECTION("mode json") { vars.emplace(number, "json"); }
+  SECTION("mode empty, which Node takes as json") { vars.emplace(number, ""); }
   kin::channel_options o;  // native, as asked: the variable decides
   auto ch = kin::channel::from_environment(l, o);
   REQUIRE(ch);

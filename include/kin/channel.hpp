@@ -74,8 +74,9 @@ struct channel_options {
 /// **Errors.** Native: a frame longer than max_frame, one declaring more descriptors than
 /// arrived with it, a header that does not parse. Node: a line longer than max_frame, a line
 /// that is not JSON (an empty one included), a NODE_HANDLE that came without its descriptor
-/// (it is answered with NODE_HANDLE_NACK first, as Node answers), a descriptor that no
-/// NODE_HANDLE line claims, an unknown handle type, an acknowledgement nothing waits for. Both:
+/// (answered with NODE_HANDLE_NACK, as Node answers, when no message of ours is queued before
+/// it), a descriptor that no NODE_HANDLE line claims, an unknown handle type, an
+/// acknowledgement nothing waits for. Both:
 /// a truncated control message (MSG_CTRUNC) or a message cut off by the end of the stream.
 /// Then on_error gets the kin::errc (or the socket's error), every descriptor received for
 /// messages not yet delivered is closed, and the channel closes (on_disconnect follows, unless
@@ -108,8 +109,8 @@ class KIN_API channel {
 
   /// In a child started by kin::fork() or by Node's `child_process.fork()`: the channel to the
   /// parent, from KIN_CHANNEL_FD (native codec) or else NODE_CHANNEL_FD (node codec; then
-  /// NODE_CHANNEL_SERIALIZATION_MODE must be unset or "json"). options.codec is set from which
-  /// variable was found. The variables are removed from the environment (whatever happens
+  /// NODE_CHANNEL_SERIALIZATION_MODE must be unset, empty or "json"). options.codec is set from
+  /// which variable was found. The variables are removed from the environment (whatever happens
   /// next), so the child's own children do not inherit them. The channel stays unref'd (it does
   /// not keep the loop running) until a message callback is set, as Node does. Errors:
   /// kin::errc::no_channel when neither variable is set; EINVAL when the value is not a

@@ -44,8 +44,10 @@ result<std::unique_ptr<channel>> channel::from_environment(loop& l, channel_opti
   if (ec != std::errc() || end != last || value->empty() || fd < 0) {
     return fail(errno_code(EINVAL));
   }
-  // Node's other serialization is V8's own format.
-  if (!kin_value && mode && *mode != "json") return fail(errno_code(EPROTONOSUPPORT));
+  // Node's other serialization is V8's own format. An empty mode is json, as for Node.
+  if (!kin_value && mode && !mode->empty() && *mode != "json") {
+    return fail(errno_code(EPROTONOSUPPORT));
+  }
   // Looked at before it is taken: a descriptor that is not a channel is not ours to close.
   auto kind = detect_fd_kind(fd);
   if (!kind) return fail(kind.error());
