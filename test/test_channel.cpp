@@ -343,8 +343,7 @@ TEST_CASE("a channel delivers every message and descriptor exactly once, in orde
   }
 }
 
-TEST_CASE("send_keeping sends duplicates and leaves the caller's descriptors open",
-          "[channel]") {
+TEST_CASE("send_keeping sends duplicates and leaves the caller's descriptors open", "[channel]") {
   leak_guard leaks;
   kin::loop l;
   auto pair = kin::make_socketpair();
@@ -372,6 +371,69 @@ TEST_CASE("send_keeping sends duplicates and leaves the caller's descriptors ope
   CHECK(::fcntl(b.get(), F_GETFD) >= 0);
   l.run_nowait();
   CHECK(receiver.got.size() == 1);
+}
+
+TEST_CASE("a descriptor that is not open is refused alone, and the channel goes on", "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  kin::channel sender(l);
+  REQUIRE(sender.open(std::move(pair->first)));
+  recording_channel receiver(l);
+  REQUIRE(receiver.ch.open(std::move(pair->second)));
+  std::vector<std::error_code> outcomes(3, std::error_code(kin::errc::eof));
+  sender.send("ok", {}, [&](std::error_code ec) { outcomes[0] = ec; });
+  int closed_number = -1;
+  {
+    kin::unique_fd gone = marked_fd();
+    closed_number = gone.get();
+  }
+  std::vector<kin::unique_fd> bad;
+  bad.emplace_back(closed_number);  // a number, no longer open
+  sender.send("bad", std::move(bad), [&](std::error_code ec) { outcomes[1] = ec; });
+  sender.send("ok2", {}, [&](std::error_code ec) { outcomes[2] = ec; });
+  REQUIRE(kin_test::run_until(l, [&] { return receiver.got.size() == 2; }));
+  REQUIRE(kin_test::run_until(l, [&] { return outcomes[1] != kin::errc::eof; }));
+  CHECK_FALSE(outcomes[0]);
+  CHECK(outcomes[1] == std::errc::bad_file_descriptor);
+  CHECK_FALSE(outcomes[2]);
+  CHECK(receiver.got[0].message == "ok");
+  CHECK(receiver.got[1].message == "ok2");
+  CHECK(receiver.errors.empty());
+}
+
+TEST_CASE("a message callback that closes and reopens its channel keeps receiving", "[channel]") {
+  leak_guard leaks;
+  kin::loop l;
+  auto first = kin::make_socketpair();
+  REQUIRE(first);
+  auto second = kin::make_socketpair();
+  REQUIRE(second);
+  kin::channel a(l);
+  REQUIRE(a.open(std::move(first->first)));
+  kin::channel b(l);
+  REQUIRE(b.open(std::move(second->first)));
+  kin::channel ch(l);
+  REQUIRE(ch.open(std::move(first->second)));
+  kin::unique_fd next = std::move(second->second);
+  std::vector<std::string> got;
+  ch.on_message([&](std::string m, std::vector<kin::any_handle>) {
+    got.push_back(m);
+    if (m == "one") {
+      ch.close();
+      REQUIRE(ch.open(std::move(next)));
+    }
+  });
+  a.send("one");
+  REQUIRE(kin_test::run_until(l, [&] { return got.size() == 1; }));
+  b.send("two");
+  REQUIRE(kin_test::run_until(l, [&] { return got.size() == 2; }));
+  CHECK(got == std::vector<std::string>{"one", "two"});
+  a.close();
+  b.close();
+  ch.close();
+  l.run_nowait();
 }
 
 TEST_CASE("a channel refuses what it cannot frame", "[channel]") {

@@ -2171,3 +2171,22 @@ TEST_CASE("a kin child forked with the node codec echoes messages and handles", 
   CHECK(got[3].kinds == std::vector{kin::fd_kind::tcp_socket});
   CHECK(got[3].inodes == std::vector{tcp_inode});
 }
+
+TEST_CASE("a lone surrogate never makes a command one of the handle protocol's", "[channel_node]") {
+  // JSON.parse reads these as NODE_H\uD800NDLE_ACK and so on: internal messages, not ACKs.
+  kin::detail::node_decoder d(1024);
+  const std::string lines =
+      "{\"cmd\":\"NODE_H\\uD800NDLE_ACK\"}\n{\"cmd\":\"NODE_H\\udc00NDLE_NACK\"}\n"
+      "{\"cmd\":\"NODE_H\\uDBFFNDLE\",\"type\":\"net.Socket\",\"msg\":1}\n";
+  REQUIRE(d.feed(std::as_bytes(std::span(lines.data(), lines.size())), {}));
+  int internal = 0;
+  while (auto m = d.next()) {
+    CHECK(m->type == kin::detail::node_message::kind::internal);
+    CHECK_FALSE(m->handle);
+    ++internal;
+  }
+  CHECK(internal == 3);
+  CHECK_FALSE(d.nack_owed());
+  // And they can be sent: they are not the protocol's own.
+  CHECK(kin::detail::node_line("{\"cmd\":\"NODE_H\\uD800NDLE_ACK\"}"));
+}

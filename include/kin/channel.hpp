@@ -89,7 +89,10 @@ struct channel_options {
 /// does; a channel is meant for a peer the process trusts to follow the protocol.
 ///
 /// **Lifetime.** Like a stream: active (keeping the loop running) while open, unless unref()'d.
-/// It may be destroyed from any of its callbacks.
+/// It may be destroyed from any of its callbacks. Destroying it drops the callbacks of the
+/// messages in its stream's queue, as destroying a stream does; with the node codec, those held
+/// behind a handle that waits for its acknowledgement get ECANCELED on a later iteration.
+/// close() calls them all with ECANCELED, in order.
 class KIN_API channel {
  public:
   using message_callback =
@@ -127,7 +130,8 @@ class KIN_API channel {
   /// one (reported on the next iteration): when the bytes are written, or with the node codec
   /// and a descriptor, when the peer acknowledged it. Errors through `cb`: EMSGSIZE for a
   /// message longer than max_frame or more descriptors than the codec carries (253 native, 1
-  /// node); ENOTCONN when the channel is not open or is disconnecting; node codec: EINVAL for
+  /// node); EBADF for a descriptor that is not open; ENOTCONN when the channel is not open
+  /// or is disconnecting; node codec: EINVAL for
   /// a message that is not JSON or is one of the handle protocol's, or a descriptor Node cannot
   /// take (a file, a terminal, a character device, a datagram or seqpacket Unix socket, ...),
   /// kin::errc::handle_not_acknowledged when the peer refused it four times; ECANCELED when

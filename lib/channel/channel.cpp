@@ -48,7 +48,9 @@ channel::channel(loop& l, channel_options options)
 
 channel::~channel() {
   detail::call_guard::mark_all(calling_, true);
-  if (state_) state_->cancel_held();
+  // Messages the node codec held back get ECANCELED (those in the stream's queue are dropped
+  // with it, as a destroyed stream drops them).
+  if (state_) state_->cancel_held(true);
 }
 
 result<void> channel::open(unique_fd fd) noexcept {
@@ -142,9 +144,10 @@ bool channel::deliver(std::string message, std::vector<any_handle> handles, bool
   message_cb_ = nullptr;
   message_cb_replaced_ = false;
   if (cb) cb(std::move(message), std::move(handles));
-  if (guard.gone) return false;
+  if (guard.owner_gone) return false;
+  // Kept even when the callback closed the channel: it may be opened again.
   if (!message_cb_replaced_) message_cb_ = std::move(cb);
-  return true;
+  return !guard.gone;
 }
 
 bool channel::refuse(int err, send_callback& cb) {
@@ -169,6 +172,11 @@ bool channel::send(std::string_view message, std::vector<unique_fd> fds, send_ca
   if (node) {
     if (const int err = state_->send_node(message, fds, cb); err != 0) return refuse(err, cb);
     return below_high_water();
+  }
+  // A descriptor that is not open would fail the sendmsg that batches it, and every write
+  // queued with it: refused here, alone.
+  for (const unique_fd& fd : fds) {
+    if (::fcntl(fd.get(), F_GETFD) < 0) return refuse(EBADF, cb);
   }
   std::byte header[detail::native_frame::header_size];
   detail::encode_native_header(static_cast<std::uint32_t>(message.size()),
@@ -257,7 +265,7 @@ void channel::close() noexcept {
   detail::call_guard::mark_all(calling_, false);
   calling_ = nullptr;
   stream_->close();
-  if (state_) state_->cancel_held();
+  if (state_) state_->cancel_held(true);
   state_.reset();
   over_high_ = false;
 }

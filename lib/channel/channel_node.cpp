@@ -213,15 +213,17 @@ void channel_state::flush_held() {
   }
 }
 
-void channel_state::cancel_held() noexcept {
+void channel_state::cancel_held(bool notify) noexcept {
   std::vector<channel::send_callback> cbs;
-  try {
-    if (awaiting_ack && handle_cb) cbs.push_back(std::move(handle_cb));
-    for (held_message& m : held) {
-      if (m.cb) cbs.push_back(std::move(m.cb));
+  if (notify) {
+    try {
+      if (awaiting_ack && handle_cb) cbs.push_back(std::move(handle_cb));
+      for (held_message& m : held) {
+        if (m.cb) cbs.push_back(std::move(m.cb));
+      }
+    } catch (const std::bad_alloc&) {
+      // Without room to keep them, the callbacks are dropped with the messages.
     }
-  } catch (const std::bad_alloc&) {
-    // Without room to keep them, the callbacks are dropped with the channel.
   }
   awaiting_ack = false;
   handle_cb = nullptr;

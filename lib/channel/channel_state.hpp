@@ -46,9 +46,9 @@ struct channel_state {
   // 0 when queued, or the errno to refuse the message with.
   int send_node(std::string_view message, std::vector<unique_fd>& fds, channel::send_callback& cb);
   [[nodiscard]] bool node_queue_busy() const noexcept { return awaiting_ack || !held.empty(); }
-  // The callbacks of the messages the node codec still holds, failed with ECANCELED on a later
-  // iteration (the channel closed).
-  void cancel_held() noexcept;
+  // Drops the messages the node codec still holds; with `notify`, their callbacks get
+  // ECANCELED on a later iteration (the channel closed).
+  void cancel_held(bool notify) noexcept;
 
  private:
   int write_handle(std::string& line, unique_fd& fd, channel::send_callback& cb);

@@ -72,7 +72,8 @@ bool is_surrogate_escape(const char* buf, std::size_t i, std::size_t len) noexce
 // bits, exponents past a double's) and escaped UTF-16 surrogates that are not paired (which
 // JSON.stringify writes for a lone surrogate). In `buf`, every number token outside strings is
 // replaced by a 0 padded with spaces (after checking it against JSON's grammar: false if one
-// fails), and every surrogate escape by \u0041 (same lengths), so that a text valid but for
+// fails), and every surrogate escape by \u003F, a question mark, which no name kin looks for
+// holds (same lengths), so that a text valid but for
 // those parses.
 bool neutralize(char* buf, std::size_t len) noexcept {
   bool in_string = false;
@@ -81,7 +82,7 @@ bool neutralize(char* buf, std::size_t len) noexcept {
     if (in_string) {
       if (c == '\\') {
         if (i + 1 < len && buf[i + 1] == 'u' && is_surrogate_escape(buf, i + 2, len)) {
-          std::memcpy(buf + i + 2, "0041", 4);
+          std::memcpy(buf + i + 2, "003F", 4);
           i += 5;
         } else {
           ++i;
@@ -164,8 +165,8 @@ json_facts inspect_json(std::string_view text) {
   if (error != simdjson::SUCCESS && error != simdjson::UTF8_ERROR && error != simdjson::MEMALLOC) {
     // Perhaps a number or an escape simdjson will not hold (the error's name differs between
     // versions): with those checked and replaced, a text that was otherwise valid parses. The
-    // facts (cmd, type) are then read from the replaced text: a surrogate in them cannot make
-    // them equal a name kin looks for, nor change whether they start with "NODE_".
+    // facts (cmd, type) are then read from the replaced text: a surrogate in them, now a '?',
+    // cannot make them equal a name kin looks for, nor change whether they start with "NODE_".
     if (!neutralize(copy->data(), copy->size())) return {};
     error = parser->parse(copy->data(), copy->size(), false).get(root);
   }
