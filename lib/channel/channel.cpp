@@ -6,6 +6,7 @@
 
 #include "call_guard.hpp"
 #include "channel/channel_state.hpp"
+#include "posix/sys.hpp"
 
 #include <kin/fd_kind.hpp>
 
@@ -13,8 +14,6 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
-
-#include <fcntl.h>
 
 namespace kin {
 
@@ -59,11 +58,7 @@ result<void> channel::open(unique_fd fd) noexcept {
   if (!kind) return fail(kind.error());
   if (*kind != fd_kind::unix_stream_socket) {
     // Closed here: the descriptor was handed over.
-    const bool socket = *kind == fd_kind::tcp_server || *kind == fd_kind::tcp_socket ||
-                        *kind == fd_kind::unix_server || *kind == fd_kind::unix_seqpacket_socket ||
-                        *kind == fd_kind::unix_datagram_socket || *kind == fd_kind::udp_socket ||
-                        *kind == fd_kind::socket_other;
-    return fail(errno_code(socket ? EINVAL : ENOTSOCK));
+    return fail(errno_code(detail::not_a_channel(*kind)));
   }
   if (auto r = stream_->open(std::move(fd)); !r) return r;
   try {
@@ -176,7 +171,7 @@ bool channel::send(std::string_view message, std::vector<unique_fd> fds, send_ca
   // A descriptor that is not open would fail the sendmsg that batches it, and every write
   // queued with it: refused here, alone.
   for (const unique_fd& fd : fds) {
-    if (::fcntl(fd.get(), F_GETFD) < 0) return refuse(EBADF, cb);
+    if (!sys::is_valid_fd(fd.get())) return refuse(EBADF, cb);
   }
   std::byte header[detail::native_frame::header_size];
   detail::encode_native_header(static_cast<std::uint32_t>(message.size()),
@@ -212,9 +207,9 @@ bool channel::send_keeping(std::string_view message, std::span<const int> fds, s
   std::vector<unique_fd> copies;
   copies.reserve(fds.size());
   for (const int fd : fds) {
-    const int copy = fd < 0 ? -1 : ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (copy < 0) return refuse(fd < 0 ? EBADF : errno, cb);
-    copies.emplace_back(copy);
+    auto copy = sys::dup_cloexec(fd);  // EBADF for a negative number too
+    if (!copy) return refuse(copy.error().value(), cb);
+    copies.push_back(std::move(*copy));
   }
   return send(message, std::move(copies), std::move(cb));
 }

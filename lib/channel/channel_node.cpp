@@ -4,13 +4,13 @@
 // order; a refused handle sent again with a fresh duplicate, up to three times).
 #include "call_guard.hpp"
 #include "channel/channel_state.hpp"
+#include "posix/sys.hpp"
 
 #include <kin/fd_kind.hpp>
 
 #include <cerrno>
 #include <utility>
 
-#include <fcntl.h>
 #include <sys/socket.h>
 
 namespace kin::detail {
@@ -21,13 +21,6 @@ constexpr int max_retransmissions = 3;  // as Node: four sends in all
 
 std::span<const std::byte> bytes_of(std::string_view s) noexcept {
   return std::as_bytes(std::span(s.data(), s.size()));
-}
-
-int socket_option(int fd, int option) noexcept {
-  int value = 0;
-  socklen_t len = sizeof value;
-  if (::getsockopt(fd, SOL_SOCKET, option, &value, &len) != 0) return -1;
-  return value;
 }
 
 int socket_family(int fd) noexcept {
@@ -104,7 +97,7 @@ int channel_state::send_node(std::string_view message, std::vector<unique_fd>& f
   const int fd = fds.front().get();
   auto kind = detect_fd_kind(fd);
   if (!kind) return kind.error().value();
-  if (*kind == fd_kind::unix_server && socket_option(fd, SO_TYPE) != SOCK_STREAM) return EINVAL;
+  if (*kind == fd_kind::unix_server && !sys::is_stream_socket(fd)) return EINVAL;
   const int family = *kind == fd_kind::udp_socket ? socket_family(fd) : 0;
   auto envelope = node_handle_line(*line, *kind, family);
   if (!envelope) return envelope.error().value();
@@ -119,27 +112,32 @@ int channel_state::send_node(std::string_view message, std::vector<unique_fd>& f
 
 // Takes the line, descriptor and callback only when it succeeds.
 int channel_state::write_handle(std::string& line, unique_fd& fd, channel::send_callback& cb) {
-  const int copy = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
-  if (copy < 0) return errno;
+  auto copy = sys::dup_cloexec(fd.get());
+  if (!copy) return copy.error().value();
   awaiting_ack = true;
-  retained = unique_fd(copy);
+  retained = std::move(*copy);
   handle_line = std::move(line);
   handle_cb = std::move(cb);
   retransmissions = 0;
-  const std::uint64_t serial = ++handle_serial;
+  ++handle_serial;
+  transmit_handle(std::move(fd));
+  return 0;
+}
+
+// Writes the handle line in flight with `fd` on its first byte. Success waits for the
+// acknowledgement; a failed write ends the handle's wait.
+void channel_state::transmit_handle(unique_fd fd) {
   std::vector<unique_fd> carried;
   carried.push_back(std::move(fd));
   std::weak_ptr<channel_state> weak = owner.state_;
   owner.stream_->write(bytes_of(handle_line), std::move(carried),
-                       [weak, serial](std::error_code ec) {
-                         // Success waits for the acknowledgement; a failed write ends the handle's
-                         // wait.
+                       [weak, serial = handle_serial](std::error_code ec) {
                          if (!ec) return;
                          auto s = weak.lock();
-                         if (s && s->awaiting_ack && s->handle_serial == serial)
+                         if (s && s->awaiting_ack && s->handle_serial == serial) {
                            s->complete_handle(ec);
+                         }
                        });
-  return 0;
 }
 
 void channel_state::acknowledged(bool ack) {
@@ -157,22 +155,12 @@ void channel_state::acknowledged(bool ack) {
     return;
   }
   ++retransmissions;
-  const int copy = ::fcntl(retained.get(), F_DUPFD_CLOEXEC, 0);
-  if (copy < 0) {
-    complete_handle(errno_code(errno));
+  auto copy = sys::dup_cloexec(retained.get());
+  if (!copy) {
+    complete_handle(copy.error());
     return;
   }
-  std::vector<unique_fd> carried;
-  carried.emplace_back(copy);
-  const std::uint64_t serial = handle_serial;
-  std::weak_ptr<channel_state> weak = owner.state_;
-  owner.stream_->write(bytes_of(handle_line), std::move(carried),
-                       [weak, serial](std::error_code ec) {
-                         if (!ec) return;
-                         auto s = weak.lock();
-                         if (s && s->awaiting_ack && s->handle_serial == serial)
-                           s->complete_handle(ec);
-                       });
+  transmit_handle(std::move(*copy));
 }
 
 // The handle in flight is done with (`ec` says how): its callback runs, then what was held

@@ -8,12 +8,28 @@
 #include "channel/native_frame.hpp"
 #include "channel/node_frame.hpp"
 
+#include <cerrno>
 #include <cstdint>
 #include <deque>
 #include <optional>
 #include <string>
 
 namespace kin::detail {
+
+// The error for a descriptor of `kind` that is not a channel (an AF_UNIX stream socket):
+// EINVAL for another socket, ENOTSOCK for anything else.
+inline int not_a_channel(fd_kind kind) noexcept {
+  switch (kind) {
+    case fd_kind::pipe:
+    case fd_kind::file:
+    case fd_kind::character_device:
+    case fd_kind::directory:
+    case fd_kind::other:
+      return ENOTSOCK;
+    default:
+      return EINVAL;
+  }
+}
 
 // A message sent while a handle waits for its acknowledgement: its line, built and checked.
 struct held_message {
@@ -53,6 +69,7 @@ struct channel_state {
  private:
   int write_handle(std::string& line, unique_fd& fd, channel::send_callback& cb);
   void send_now(std::string_view line);
+  void transmit_handle(unique_fd fd);
   void acknowledged(bool ack);
   void complete_handle(std::error_code ec);
   void flush_held();

@@ -1,6 +1,8 @@
 // kin::fork (a child with a channel) and channel::from_environment (the child's end).
 #include <kin/channel.hpp>
 
+#include "channel/channel_state.hpp"
+
 #include <kin/fd_kind.hpp>
 #include <kin/this_process.hpp>
 
@@ -52,10 +54,7 @@ result<std::unique_ptr<channel>> channel::from_environment(loop& l, channel_opti
   auto kind = detect_fd_kind(fd);
   if (!kind) return fail(kind.error());
   if (*kind != fd_kind::unix_stream_socket) {
-    const bool socket = *kind != fd_kind::pipe && *kind != fd_kind::file &&
-                        *kind != fd_kind::character_device && *kind != fd_kind::directory &&
-                        *kind != fd_kind::other;
-    return fail(errno_code(socket ? EINVAL : ENOTSOCK));
+    return fail(errno_code(detail::not_a_channel(*kind)));
   }
   // Inherited without close-on-exec: this process's own children must not get it.
   if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) return fail(errno_code(errno));
