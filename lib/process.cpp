@@ -318,6 +318,7 @@ struct prepared {
   bool own_env = false;  // envp is env_storage (else the parent's environ)
   std::vector<std::string> env_storage;
   std::vector<char*> envp;
+  std::size_t pid_slot_entry = SIZE_MAX;  // env_storage entry the child writes its pid in
   std::vector<char*> argv;
   std::vector<std::string> candidates;
   std::vector<const char*> candidate_ptrs;
@@ -348,7 +349,10 @@ char* const* build_env(const spawn_options& o, prepared& p) {
   // it gets a copy, so that the environment lock is not held meanwhile (see spawn()).
   const bool opens_files = std::any_of(
       o.stdio.begin(), o.stdio.end(), [](const stdio& s) { return s.what() == stdio::kind::file; });
-  if (!o.clear_env && o.env.empty() && o.env_unset.empty() && !opens_files) return environ;
+  if (!o.clear_env && o.env.empty() && o.env_unset.empty() && o.pid_variable.empty() &&
+      !opens_files) {
+    return environ;
+  }
   p.own_env = true;
   if (!o.clear_env) {
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) p.env_storage.emplace_back(*e);
@@ -369,6 +373,13 @@ char* const* build_env(const spawn_options& o, prepared& p) {
     // Duplicates (possible in environ) would let the child's getenv find an older value.
     p.env_storage.erase(std::remove_if(std::next(it), p.env_storage.end(), same),
                         p.env_storage.end());
+  }
+  if (!o.pid_variable.empty()) {
+    const std::string& name = o.pid_variable;
+    std::erase_if(p.env_storage, [&](const std::string& s) { return env_name_is(s, name); });
+    // The child writes its pid over the zeros: room for any pid_t, and its NUL.
+    p.env_storage.push_back(name + "=" + std::string(21, '0'));
+    p.pid_slot_entry = p.env_storage.size() - 1;
   }
   for (std::string& s : p.env_storage) p.envp.push_back(s.data());
   p.envp.push_back(nullptr);
@@ -637,6 +648,9 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   const std::string& shown = o.file.empty() && !o.args.empty() ? o.args[0] : o.file;
   if (o.args.empty() || o.file.empty()) return fail(prepare_error(errno_code(EINVAL), shown));
   if (!valid_signal(o.kill_signal)) return fail(prepare_error(errno_code(EINVAL), shown));
+  if (!o.pid_variable.empty() && o.pid_variable.find_first_of("=") != std::string::npos) {
+    return fail(prepare_error(errno_code(EINVAL), shown));
+  }
   if (sigchld_ignored()) return fail(prepare_error(make_error_code(errc::sigchld_ignored), shown));
 
   prepared p;
@@ -665,6 +679,9 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   plan.candidate_count = static_cast<int>(p.candidate_ptrs.size());
   plan.argv = p.argv.data();
   plan.envp = envp;
+  plan.pid_slot = p.pid_slot_entry == SIZE_MAX
+                      ? nullptr
+                      : p.env_storage[p.pid_slot_entry].data() + o.pid_variable.size() + 1;
   plan.cwd = o.cwd.empty() ? nullptr : o.cwd.c_str();
   plan.setsid = o.detached;
   plan.setpgid = o.process_group.has_value();

@@ -46,6 +46,10 @@ struct channel_options {
   /// send() returns false once this many bytes are queued (as Node's 128 KiB); on_drain fires
   /// when the queue falls to a quarter of it.
   std::size_t high_water = 128 * 1024;
+  /// Node codec: send descriptors as Node's raw handles ("net.Native", "dgram.Native" for UDP),
+  /// which Node hands to 'internalMessage' listeners unwrapped, as its cluster module expects
+  /// them, instead of as net.Socket, net.Server or dgram.Socket objects.
+  bool node_raw_handles = false;
 };
 
 /// One end of a message channel.

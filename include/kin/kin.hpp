@@ -3,6 +3,7 @@
 
 #include <kin/address.hpp>
 #include <kin/channel.hpp>
+#include <kin/cluster.hpp>
 #include <kin/fd.hpp>
 #include <kin/fd_kind.hpp>
 #include <kin/handle.hpp>

@@ -104,6 +104,10 @@ struct spawn_options {
   bool clear_env = false;
   std::vector<std::pair<std::string, std::string>> env;
   std::vector<std::string> env_unset;
+  /// The name of a variable the child's environment gets set to the child's own pid (written
+  /// by the child before exec), as a socket-activation manager sets LISTEN_PID. Empty: none.
+  /// A name that is not a valid variable name fails with EINVAL.
+  std::string pid_variable;
   /// The child's working directory; empty: the parent's.
   std::string cwd;
   /// One entry per child descriptor number. Default: 0, 1 and 2 inherited.

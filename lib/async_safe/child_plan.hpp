@@ -52,6 +52,9 @@ struct child_plan {
   char* const* envp;
   /// nullptr: stay in the parent's directory.
   const char* cwd;
+  /// Where the child writes its pid in decimal, NUL-terminated (room for 20 digits): the value
+  /// of an environment entry of `envp`. nullptr: nothing.
+  char* pid_slot;
   bool setsid;
   bool setpgid;
   pid_t pgid;  // setpgid(0, pgid)

@@ -42,6 +42,19 @@ namespace {
   ::_exit(127);
 }
 
+// `value` in decimal at `out`, NUL-terminated.
+void write_decimal(char* out, long value) noexcept {
+  char digits[24];
+  int n = 0;
+  unsigned long v = value < 0 ? 0UL : static_cast<unsigned long>(value);
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0 && n < 20);
+  for (int i = 0; i < n; ++i) out[i] = digits[n - 1 - i];
+  out[n] = '\0';
+}
+
 void reset_signals() noexcept {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
@@ -267,6 +280,8 @@ bool try_next_candidate(int error) noexcept {
   if (plan.cwd != nullptr && ::chdir(plan.cwd) < 0) {
     fail(report_fd, child_step::chdir, errno, -1);
   }
+
+  if (plan.pid_slot != nullptr) write_decimal(plan.pid_slot, ::getpid());
 
   report_fd = apply_fd_actions(plan, report_fd);
   if (plan.close_other_fds) close_other_fds(plan, report_fd);

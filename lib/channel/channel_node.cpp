@@ -99,7 +99,7 @@ int channel_state::send_node(std::string_view message, std::vector<unique_fd>& f
   if (!kind) return kind.error().value();
   if (*kind == fd_kind::unix_server && !sys::is_stream_socket(fd)) return EINVAL;
   const int family = *kind == fd_kind::udp_socket ? socket_family(fd) : 0;
-  auto envelope = node_handle_line(*line, *kind, family);
+  auto envelope = node_handle_line(*line, *kind, family, owner.options_.node_raw_handles);
   if (!envelope) return envelope.error().value();
   if (envelope->size() - 1 > max_line) return EMSGSIZE;
   if (node_queue_busy()) {

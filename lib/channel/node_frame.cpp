@@ -173,7 +173,7 @@ result<std::string> node_line(std::string_view json) {
   return line;
 }
 
-result<std::string> node_handle_line(std::string_view line, fd_kind kind, int family) {
+result<std::string> node_handle_line(std::string_view line, fd_kind kind, int family, bool raw) {
   std::string_view type;
   std::string_view extra;
   switch (kind) {
@@ -187,12 +187,13 @@ result<std::string> node_handle_line(std::string_view line, fd_kind kind, int fa
       type = "net.Server";
       break;
     case fd_kind::udp_socket:
-      type = "dgram.Socket";
+      type = raw ? "dgram.Native" : "dgram.Socket";
       extra = family == AF_INET6 ? R"(,"dgramType":"udp6")" : R"(,"dgramType":"udp4")";
       break;
     default:
       return fail(errno_code(EINVAL));
   }
+  if (raw && kind != fd_kind::udp_socket) type = "net.Native";
   if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
   constexpr std::string_view head = R"({"cmd":"NODE_HANDLE","type":")";
   constexpr std::string_view middle = R"(","msg":)";

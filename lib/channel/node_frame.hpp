@@ -95,7 +95,9 @@ result<std::string> node_line(std::string_view json);
 /// node_line() made it) and a descriptor of `kind` (`family` is AF_INET or AF_INET6 for a UDP
 /// socket), or EINVAL when Node cannot take a descriptor of that kind. The caller checks that a
 /// unix_server is a stream socket (Node refuses a seqpacket one and then every later handle).
-result<std::string> node_handle_line(std::string_view line, fd_kind kind, int family);
+/// `raw`: the type is net.Native (dgram.Native for UDP), Node's unwrapped handle.
+result<std::string> node_handle_line(std::string_view line, fd_kind kind, int family,
+                                     bool raw = false);
 
 /// `{"cmd":"NODE_HANDLE_ACK"}\n` and `{"cmd":"NODE_HANDLE_NACK"}\n`.
 inline constexpr std::string_view node_ack_line = "{\"cmd\":\"NODE_HANDLE_ACK\"}\n";

@@ -2,6 +2,8 @@
 // hands every accepted connection to the next worker, which answers with a minimal HTTP/1.1
 // response naming its pid. A worker is this program again (kin's native codec) or Node.js
 // running worker.js (Node's own IPC protocol).
+#include "../common/http_responder.hpp"
+
 #include <kin/channel.hpp>
 #include <kin/handle.hpp>
 #include <kin/loop.hpp>
@@ -82,135 +84,12 @@ constexpr std::size_t max_in_flight = 64;
 // How long workers get to finish after their channel closed before they are killed.
 constexpr std::chrono::seconds stop_grace = 5s;
 
-// A worker's limits: a request's headers must arrive within this time and size; after the
-// answer, the client gets this long to close its end.
-constexpr auto request_timeout = 3s;
-constexpr std::size_t request_limit = 16 * 1024;
-constexpr auto linger_timeout = 1s;
-
 template <class... Args>
 void say(fmt::format_string<Args...> format, Args&&... args) {
   fmt::print(stderr, "kin-demo: {}\n", fmt::format(format, std::forward<Args>(args)...));
 }
 
 // ---- the worker ------------------------------------------------------------------------------
-
-std::string http_response(std::string_view status, std::string_view body) {
-  return fmt::format(
-      "HTTP/1.1 {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: "
-      "close\r\n\r\n{}",
-      status, body.size(), body);
-}
-
-// The connections one worker holds: each reads its request up to the end of the headers,
-// answers, half-closes, and is closed once the client closed its end too. Reading on after the
-// answer until the client's end of file (or linger_timeout) keeps the kernel from answering
-// unread request bytes with a reset that could destroy the response on its way.
-class http_worker {
- public:
-  explicit http_worker(kin::loop& l)
-      : loop_(l),
-        answer_(http_response("200 OK", fmt::format("Child {} handled it.\n", ::getpid()))) {}
-  http_worker(const http_worker&) = delete;
-  http_worker& operator=(const http_worker&) = delete;
-
-  void take(std::unique_ptr<kin::tcp_socket> socket) {
-    const std::uint64_t id = next_id_++;
-    auto owned = std::make_unique<connection>(loop_, std::move(socket));
-    connection& c = *owned;
-    connections_.emplace(id, std::move(owned));
-    c.timer.set_callback([this, id] { timed_out(id); });
-    (void)c.timer.start(request_timeout);
-    auto reading =
-        c.socket->read_start([this, id](std::error_code ec, std::span<const std::byte> data,
-                                        std::span<kin::unique_fd>) { received(id, ec, data); });
-    if (!reading) connections_.erase(id);
-  }
-
-  // The parent is gone or said stop: connections that have sent nothing yet are closed, the
-  // others are answered as usual.
-  void stop() {
-    for (auto it = connections_.begin(); it != connections_.end();) {
-      const connection& c = *it->second;
-      it = !c.answered && c.request.empty() ? connections_.erase(it) : std::next(it);
-    }
-  }
-
- private:
-  struct connection {
-    connection(kin::loop& l, std::unique_ptr<kin::tcp_socket> s) : socket(std::move(s)), timer(l) {}
-    std::unique_ptr<kin::tcp_socket> socket;
-    kin::timer timer;
-    std::string request;
-    bool answered = false;
-    bool sent = false;       // the answer is written and the write side shut down
-    bool peer_done = false;  // the client's end of file came
-  };
-
-  connection* find(std::uint64_t id) {
-    auto it = connections_.find(id);
-    return it == connections_.end() ? nullptr : it->second.get();
-  }
-
-  void received(std::uint64_t id, std::error_code ec, std::span<const std::byte> data) {
-    connection* c = find(id);
-    if (c == nullptr) return;
-    if (ec) {
-      // A client that closes before its headers are complete gets nothing; an error (a reset)
-      // ends the connection whatever its state.
-      if (ec == kin::errc::eof && c->answered) {
-        c->peer_done = true;
-        if (c->sent) connections_.erase(id);
-      } else {
-        connections_.erase(id);
-      }
-      return;
-    }
-    if (c->answered) return;  // the rest of the request: read and dropped
-    // The request (headers and any body) is not parsed: the end of the headers is all that
-    // counts, a bare "\n\n" too, for requests typed by hand into nc. The buffer grows by one
-    // read at most past request_limit.
-    const std::size_t from = c->request.size() < 3 ? 0 : c->request.size() - 3;
-    c->request.append(reinterpret_cast<const char*>(data.data()), data.size());
-    const std::string_view seen(c->request);
-    if (seen.find("\r\n\r\n", from) != std::string_view::npos ||
-        seen.find("\n\n", from) != std::string_view::npos) {
-      answer(id, *c, answer_);
-    } else if (seen.size() > request_limit) {
-      answer(id, *c, http_response("431 Request Header Fields Too Large", "Too large.\n"));
-    }
-  }
-
-  void answer(std::uint64_t id, connection& c, std::string_view response) {
-    c.answered = true;
-    std::string().swap(c.request);
-    c.socket->write(response);
-    c.socket->shutdown([this, id](std::error_code ec) { shut_down(id, ec); });
-    (void)c.timer.start(linger_timeout);
-  }
-
-  void shut_down(std::uint64_t id, std::error_code ec) {
-    connection* c = find(id);
-    if (c == nullptr) return;
-    c->sent = true;
-    if (ec || c->peer_done) connections_.erase(id);
-  }
-
-  void timed_out(std::uint64_t id) {
-    connection* c = find(id);
-    if (c == nullptr) return;
-    if (!c->answered && !c->request.empty()) {
-      answer(id, *c, http_response("408 Request Timeout", "Timed out.\n"));
-    } else {
-      connections_.erase(id);
-    }
-  }
-
-  kin::loop& loop_;
-  const std::string answer_;
-  std::map<std::uint64_t, std::unique_ptr<connection>> connections_;
-  std::uint64_t next_id_ = 0;
-};
 
 int run_worker() {
   // Ctrl-C in a terminal reaches the whole process group; the parent decides when its workers
@@ -227,14 +106,10 @@ int run_worker() {
     return 1;
   }
   kin::channel& to_parent = **opened;
-  http_worker http(l);
+  kin_tools::http_responder<> http(l, fmt::format("Child {} handled it.\n", ::getpid()));
   int status = 0;
   to_parent.on_message([&](std::string, std::vector<kin::any_handle> handles) {
-    for (kin::any_handle& h : handles) {
-      if (auto* socket = std::get_if<std::unique_ptr<kin::tcp_socket>>(&h)) {
-        http.take(std::move(*socket));
-      }
-    }
+    for (kin::any_handle& h : handles) http.take(std::move(h));
   });
   to_parent.on_error([&](std::error_code ec) {
     say("worker {}: channel to the parent: {}", ::getpid(), ec.message());
