@@ -572,7 +572,7 @@ void cluster_master_impl::start_reload(std::function<void(std::error_code)> done
     return;
   }
   if (reload) {
-    if (done) loop_.post([done] { done(make_error_code(std::errc::operation_in_progress)); });
+    if (done) loop_.post([done] { done(make_error_code(std::errc::connection_already_in_progress)); });
     return;
   }
   reload = std::make_unique<reload_rec>(loop_);

@@ -16,6 +16,7 @@ int handles_main(std::string_view behaviour);
 int process_main(std::string_view behaviour, int argc, char** argv);
 // The channel behaviours (child_channel.cpp): -1 when `behaviour` is none of them.
 int channel_main(std::string_view behaviour);
+int cluster_main(std::string_view behaviour, int argc, char** argv);
 }  // namespace kin_test_child
 
 namespace {
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   if (const int rc = kin_test_child::handles_main(what); rc != -1) return rc;
   if (const int rc = kin_test_child::process_main(what, argc, argv); rc != -1) return rc;
   if (const int rc = kin_test_child::channel_main(what); rc != -1) return rc;
+  if (const int rc = kin_test_child::cluster_main(what, argc, argv); rc != -1) return rc;
   if (what == "loop-destroyed-with-timer") {
     auto l = std::make_unique<kin::loop>();
     auto t = std::make_unique<kin::timer>(*l, [] {});

@@ -1,0 +1,120 @@
+// The helper child's cluster behaviours.
+//   cluster-worker        a kin::cluster_worker: on each connection it writes "pid <pid>\n",
+//                         then holds the connection until the client closes it
+//   cluster-die-once DIR  speaks the cluster protocol itself: the first of its kind to be
+//                         handed a connection (it creates DIR/died) exits at once without
+//                         taking it; the others take each connection and write "pid <pid>\n"
+//   cluster-listeners     prints what kin::listeners_from_environment() found: "N NAME ADDRESS
+//                         ..." and whether LISTEN_FDS is still set, or "error <errno>"
+#include <kin/cluster.hpp>
+#include <kin/handle.hpp>
+#include <kin/loop.hpp>
+#include <kin/socket.hpp>
+#include <kin/this_process.hpp>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace kin_test_child {
+
+namespace {
+
+kin::stream* stream_of(kin::any_handle& h) {
+  if (auto* t = std::get_if<std::unique_ptr<kin::tcp_socket>>(&h)) return t->get();
+  if (auto* u = std::get_if<std::unique_ptr<kin::unix_socket>>(&h)) return u->get();
+  return nullptr;
+}
+
+int worker() {
+  kin::loop l;
+  auto opened = kin::cluster_worker::from_environment(l);
+  if (!opened) return 1;
+  struct held {
+    kin::any_handle socket;
+    kin::cluster_ticket ticket;
+  };
+  std::map<int, held> connections;
+  int next = 0;
+  const std::string hello = "pid " + std::to_string(::getpid()) + "\n";
+  (*opened)->start([&](kin::any_handle socket, std::size_t, kin::cluster_ticket ticket) {
+    kin::stream* s = stream_of(socket);
+    if (s == nullptr) return;
+    const int id = next++;
+    s->write(hello);
+    (void)s->read_start([&connections, id](std::error_code ec, std::span<const std::byte>,
+                                           std::span<kin::unique_fd>) {
+      if (ec) connections.erase(id);  // the client closed (or reset) it
+    });
+    connections.emplace(id, held{std::move(socket), std::move(ticket)});
+  });
+  (*opened)->on_stop([&] {});
+  l.run();
+  return 0;
+}
+
+int die_once(const std::string& dir) {
+  kin::loop l;
+  auto opened = kin::channel::from_environment(l);
+  if (!opened) return 1;
+  kin::channel& ch = **opened;
+  const std::string hello = "pid " + std::to_string(::getpid()) + "\n";
+  ch.on_message([&](std::string m, std::vector<kin::any_handle> handles) {
+    if (m.rfind("hello", 0) == 0) {
+      ch.send("ready");
+      return;
+    }
+    if (m.rfind("conn ", 0) == 0 && handles.size() == 1) {
+      const std::string marker = dir + "/died";
+      const int fd = ::open(marker.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+      if (fd >= 0) {
+        ::close(fd);
+        ::_exit(3);  // handed a connection and gone before taking it
+      }
+      const auto serial = m.substr(5, m.find(' ', 5) - 5);
+      ch.send("took " + serial + " 0");
+      if (kin::stream* s = stream_of(handles.front())) {
+        (void)s->try_write(std::as_bytes(std::span(hello.data(), hello.size())));
+      }
+      return;
+    }
+    if (m == "stop") ch.disconnect();
+  });
+  l.run();
+  return 0;
+}
+
+int listeners() {
+  auto found = kin::listeners_from_environment();
+  if (!found) {
+    std::printf("error %d\n", found.error().value());
+    return 0;
+  }
+  std::string out = std::to_string(found->size());
+  for (const auto& l : *found) {
+    out += " " + l.name + " " + l.address.to_string();
+    if ((::fcntl(l.fd.get(), F_GETFD) & FD_CLOEXEC) == 0) out += " not-cloexec";
+  }
+  out += kin::this_process::get_env("LISTEN_FDS") ? " still-set" : " removed";
+  std::printf("%s\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int cluster_main(std::string_view behaviour, int argc, char** argv) {
+  if (behaviour == "cluster-worker") return worker();
+  if (behaviour == "cluster-die-once" && argc >= 3) return die_once(argv[2]);
+  if (behaviour == "cluster-listeners") return listeners();
+  return -1;
+}
+
+}  // namespace kin_test_child
