@@ -532,3 +532,40 @@ TEST_CASE("a second reload while one runs is EALREADY; close cancels one", "[clu
   CHECK(*late == std::errc::operation_canceled);
   CHECK(m.workers().empty());
 }
+
+TEST_CASE("a master listens on IPv6 and Unix paths too, in both modes", "[cluster]") {
+  leak_guard guard;
+  const auto mode = GENERATE(kin::cluster_mode::round_robin, kin::cluster_mode::shared);
+  INFO((mode == kin::cluster_mode::shared ? "shared" : "round-robin"));
+  kin_test::temp_dir dir;
+  const std::string path = (dir.path() / "cluster.sock").string();
+  kin::loop l;
+  auto o = worker_options(mode, 2);
+  o.listen = {"[::1]:0", path};
+  kin::cluster_master m(l, std::move(o));
+  auto started = m.start();
+  if (!started && started.error() == std::errc::address_not_available) {
+    WARN("no IPv6 loopback here: not tested");
+    return;
+  }
+  REQUIRE(started);
+  REQUIRE(run_until(l, [&] { return all_ready(m, 2); }));
+  const auto addresses = m.addresses();
+  REQUIRE(addresses.size() == 2);
+  CHECK(addresses[0].family() == kin::address_family::ipv6);
+  CHECK(addresses[0].port() != 0);
+  CHECK(addresses[1].path() == path);
+  client_run run;
+  std::vector<std::thread> threads;
+  make_requests(addresses[0], 2, 50, run, threads);
+  make_requests(addresses[1], 2, 50, run, threads);
+  const bool finished = run_until(
+      l, [&] { return run.done_threads == 4; }, 60s);
+  for (auto& t : threads) t.join();
+  REQUIRE(finished);
+  CHECK(run.failures == 0);
+  CHECK(run.pids.size() == 100);
+  close_all(l, m);
+  // The socket file the master bound is removed with it.
+  CHECK_FALSE(std::filesystem::exists(path));
+}
