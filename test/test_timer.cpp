@@ -1,12 +1,17 @@
 // Tests of kin::timer: ordering, repetition, cancellation and restarts from callbacks, errors.
 #include "catch.hpp"
 
+#include <kin/fd.hpp>
 #include <kin/loop.hpp>
 
 #include <algorithm>
 #include <memory>
 #include <random>
+#include <thread>
 #include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 using namespace std::chrono_literals;
 
@@ -214,4 +219,32 @@ TEST_CASE("now() is cached for the iteration and advances between iterations", "
   CHECK_FALSE(l.run());
   REQUIRE(seen.size() == 2);
   CHECK(seen[1] > seen[0]);
+}
+
+TEST_CASE("a timer started by an I/O callback after a long wait counts from the wait's end",
+          "[timer]") {
+  kin::loop l;
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
+  kin::unique_fd read_end(p[0]);
+  kin::unique_fd write_end(p[1]);
+  std::chrono::steady_clock::time_point started;
+  std::chrono::steady_clock::time_point fired;
+  kin::timer t(l, [&] { fired = std::chrono::steady_clock::now(); });
+  kin::io_watcher w(l, read_end.get(), [&](kin::io_events) {
+    char c = 0;
+    (void)::read(read_end.get(), &c, 1);
+    started = std::chrono::steady_clock::now();
+    REQUIRE(t.start(100ms));
+    w.stop();
+  });
+  REQUIRE(w.start(kin::io_events::readable));
+  // Nothing else to do: the loop sleeps in its wait until the byte comes, 300 ms later.
+  std::thread writer([&] {
+    std::this_thread::sleep_for(300ms);
+    (void)::write(write_end.get(), "x", 1);
+  });
+  CHECK_FALSE(l.run());
+  writer.join();
+  CHECK(fired - started >= 100ms);
 }
