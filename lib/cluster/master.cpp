@@ -80,7 +80,10 @@ result<void> cluster_master_impl::start() {
   for (std::size_t i = 0; i < addresses.size(); ++i) {
     auto s = open_listener(loop_, addresses[i], o.backlog);
     if (!s) return stop_start(s.error());
-    add_listener(std::move(*s), o.listen[i], {});
+    // Named for LISTEN_FDNAMES, whose names cannot hold ':'.
+    std::string name = o.listen[i];
+    std::replace(name.begin(), name.end(), ':', '_');
+    add_listener(std::move(*s), std::move(name), {});
   }
   for (cluster_listener& given : o.listeners) {
     auto s = adopt_listener(loop_, std::move(given.fd));
@@ -572,7 +575,8 @@ void cluster_master_impl::start_reload(std::function<void(std::error_code)> done
     return;
   }
   if (reload) {
-    if (done) loop_.post([done] { done(make_error_code(std::errc::connection_already_in_progress)); });
+    if (done)
+      loop_.post([done] { done(make_error_code(std::errc::connection_already_in_progress)); });
     return;
   }
   reload = std::make_unique<reload_rec>(loop_);

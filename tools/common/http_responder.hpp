@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -42,6 +43,9 @@ struct http_limits {
   std::size_t request_limit = 16 * 1024;
   /// After the answer, the client gets this long to close its end.
   std::chrono::milliseconds linger_timeout{1000};
+  /// After stop(), a connection that has sent nothing gets this long to send its request (it
+  /// may be on its way) before it is closed.
+  std::chrono::milliseconds stop_linger{2000};
 };
 
 /// The stream inside a received handle: a TCP or Unix stream socket; nullptr for anything else.
@@ -68,18 +72,23 @@ class http_responder {
     connection& c = *owned;
     connections_.emplace(id, std::move(owned));
     c.timer.set_callback([this, id] { timed_out(id); });
-    (void)c.timer.start(limits_.request_timeout);
+    (void)c.timer.start(stopping_ ? std::min(limits_.request_timeout, limits_.stop_linger)
+                                  : limits_.request_timeout);
     auto reading =
         c.socket->read_start([this, id](std::error_code ec, std::span<const std::byte> data,
                                         std::span<kin::unique_fd>) { received(id, ec, data); });
     if (!reading) connections_.erase(id);
   }
 
-  /// Connections that have sent nothing yet are closed; the others are answered as usual.
+  /// Connections that have sent nothing yet get stop_linger to send their request (a client
+  /// that connected just before the stop may not have sent it yet) and are closed if they do
+  /// not; the others are answered as usual.
   void stop() {
-    for (auto it = connections_.begin(); it != connections_.end();) {
-      const connection& c = *it->second;
-      it = !c.answered && c.request.empty() ? connections_.erase(it) : std::next(it);
+    stopping_ = true;
+    for (auto& [id, c] : connections_) {
+      if (!c->answered && c->request.empty() && c->timer.due_in() > limits_.stop_linger) {
+        (void)c->timer.start(limits_.stop_linger);
+      }
     }
   }
 
@@ -161,6 +170,7 @@ class http_responder {
   const http_limits limits_;
   std::map<std::uint64_t, std::unique_ptr<connection>> connections_;
   std::uint64_t next_id_ = 0;
+  bool stopping_ = false;
 };
 
 }  // namespace kin_tools

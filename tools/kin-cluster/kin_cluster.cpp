@@ -38,7 +38,8 @@ Owns listening sockets and runs N worker processes of PROGRAM behind them.
                         is optional
   --activation          PROGRAM is any socket-activated server: it gets the listening sockets
                         as descriptors 3, 4, ... with LISTEN_FDS, LISTEN_PID and
-                        LISTEN_FDNAMES set, as systemd sets them (shared mode only)
+                        LISTEN_FDNAMES set, as systemd sets them (shared mode only; the
+                        names are the --listen addresses with ':' replaced by '_')
   --grace SECONDS       how long stopping workers get to finish their connections before
                         they are killed (default 30)
   --ready-timeout SECONDS   how long new workers get to become ready in a reload (default 30)
@@ -48,6 +49,8 @@ Owns listening sockets and runs N worker processes of PROGRAM behind them.
                         (default 5)
   --crash-window SECONDS    (default 10)
   -h, --help            show this help
+
+SECONDS may have a fraction (0.5).
 
 Without --node or --activation, PROGRAM is a kin cluster worker (kin::cluster_worker, as
 kin-cluster-hello is): it gets its listeners or its connections over a kin channel and reports
@@ -115,10 +118,14 @@ int main(int argc, char** argv) {
     if (arg.empty() || arg[0] != '-') break;  // the program, without "--"
     if (i + 1 >= argc) return usage_error(fmt::format("{} needs a value", arg));
     const std::string_view value = argv[++i];
+    // Seconds, with a fraction if need be ("0.5"), to the millisecond.
     auto seconds = [&](long high) -> std::optional<std::chrono::milliseconds> {
-      auto n = number(value, 0, high);
-      if (!n) return std::nullopt;
-      return std::chrono::milliseconds(*n * 1000);
+      double s = 0;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), s);
+      if (ec != std::errc() || end != value.data() + value.size() || !(s >= 0) || s > high) {
+        return std::nullopt;
+      }
+      return std::chrono::milliseconds(static_cast<long long>(s * 1000 + 0.5));
     };
     if (arg == "--workers") {
       auto n = number(value, 1, 256);
@@ -225,7 +232,9 @@ int main(int argc, char** argv) {
   kin::signal_watcher hangup(l, [&](int) {
     if (stopping) return;
     say("SIGHUP: reloading");
-    master.reload();
+    master.reload([](std::error_code ec) {
+      if (ec == std::errc::connection_already_in_progress) say("a reload is already running");
+    });
   });
   kin::signal_watcher user1(l, [&](int) {
     std::string text = master.status();

@@ -25,8 +25,8 @@ A worker for kin-cluster (it is started by kin-cluster, which passes it its list
 connections): it answers each HTTP request with "HTTP/1.1 200 OK", the body
 "hello from <pid>" and Connection: close. A connection that sends nothing is held open until
 the client closes it or --idle-timeout (default 30) passes; such connections count in
-kin-cluster's status. When kin-cluster tells it to stop, it closes the connections that sent
-nothing, finishes the others and exits.
+kin-cluster's status. When kin-cluster tells it to stop, it finishes the connections it holds
+(one that has sent nothing gets 2 seconds to send its request) and exits.
 
 Exit status: 0 once stopped; 1 when the channel to kin-cluster fails; 2 for a usage error or
 when not started by kin-cluster.

@@ -1,0 +1,21 @@
+// An ordinary Node.js cluster app, written as for Node's own primary: the primary forks two
+// workers, and each worker answers every request with "node PID\n" on 127.0.0.1:$PORT.
+// Run by kin-cluster --node, every process is a worker and kin-cluster is the primary.
+'use strict';
+const cluster = require('node:cluster');
+const http = require('node:http');
+
+if (cluster.isPrimary) {
+  for (let i = 0; i < 2; i++) cluster.fork();
+} else {
+  const port = Number(process.env.PORT || 8000);
+  http.createServer((req, res) => {
+    const body = `node ${process.pid}\n`;
+    res.writeHead(200, {
+      'Content-Type': 'text/plain',
+      'Content-Length': Buffer.byteLength(body),
+      'Connection': 'close',
+    });
+    res.end(body);
+  }).listen(port, '127.0.0.1');
+}
