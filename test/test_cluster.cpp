@@ -71,7 +71,10 @@ std::string read_line(int fd) {
   std::string line;
   char c = 0;
   while (line.size() < 64) {
+    // SO_RCVTIMEO makes the read fail with EINTR, never restarted, when a signal (the loop's
+    // SIGCHLD) is handled on this thread meanwhile: signal(7).
     const ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
     if (n != 1) return "";
     if (c == '\n') return line;
     line += c;

@@ -489,7 +489,9 @@ void cluster_master_impl::tell_stop(worker_rec& w) {
       (void)w.child->kill(o.spawn.kill_signal);
       break;
   }
-  requeue(w);
+  // What is in flight to it stays there: it answers took or refused for each (its channel is
+  // in order), or its channel closes and they go back to the queue. Taking them back now would
+  // hand the same connection to two workers.
   start_grace(w);
   dispatch();
 }
