@@ -648,7 +648,8 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   const std::string& shown = o.file.empty() && !o.args.empty() ? o.args[0] : o.file;
   if (o.args.empty() || o.file.empty()) return fail(prepare_error(errno_code(EINVAL), shown));
   if (!valid_signal(o.kill_signal)) return fail(prepare_error(errno_code(EINVAL), shown));
-  if (!o.pid_variable.empty() && o.pid_variable.find_first_of("=") != std::string::npos) {
+  if (!o.pid_variable.empty() &&
+      o.pid_variable.find_first_of(std::string_view("=\0", 2)) != std::string::npos) {
     return fail(prepare_error(errno_code(EINVAL), shown));
   }
   if (sigchld_ignored()) return fail(prepare_error(make_error_code(errc::sigchld_ignored), shown));

@@ -99,6 +99,7 @@ struct cluster_options {
   /// How long a new worker has to become ready (reload(); a worker that is not ready by then is
   /// killed and the reload fails).
   std::chrono::milliseconds ready_timeout{30'000};
+  /// A Node worker that disconnects itself (cluster.worker.disconnect()) is replaced at once.
   /// A worker that dies unasked is started again after a delay that doubles with every death
   /// in a row, from backoff_initial up to backoff_max. A worker that lived longer than
   /// backoff_max resets the delay.
@@ -175,13 +176,17 @@ class KIN_API cluster_master {
   /// told to stop (they finish their connections, SIGKILL after grace) and retired. `done`
   /// gets an empty error code once the old generation is told to stop, or the error that
   /// made the reload fail (a new worker that could not start, died or was not ready within
-  /// ready_timeout: the new workers are stopped and the old ones keep serving). EALREADY if a
-  /// reload is running; ECANCELED if close() was called meanwhile.
+  /// ready_timeout: the new workers are stopped — those already ready drain like any stopping
+  /// worker, the others are killed — and the old ones keep serving). EALREADY if a reload is
+  /// running; ECANCELED if close() was called meanwhile. A reload that completes starts the
+  /// respawn backoff and the crash-loop count afresh (respawning resumes after a crash loop).
+  /// The listening sockets stay open throughout, so no connection is refused.
   void reload(std::function<void(std::error_code)> done = {});
 
-  /// Stops accepting, tells every worker to stop, and calls `done` once every worker has
-  /// exited (those still running after grace are killed). Calling it again only replaces
-  /// `done`.
+  /// Stops accepting, hands out the connections already accepted (round-robin; for at most
+  /// grace), tells every worker to stop, and calls `done` (on a later iteration) once every
+  /// worker has exited (those still running after grace are killed). Calling it again while it
+  /// runs replaces `done`; after it completed, `done` is called at once.
   void close(std::function<void()> done = {});
   /// Sends SIGKILL to every worker now (a second SIGTERM to a supervisor); close() then
   /// completes as they are reaped.
@@ -200,6 +205,8 @@ class KIN_API cluster_master {
   /// A few lines for people: mode, listeners, one line per worker, totals.
   [[nodiscard]] std::string status() const;
 
+  /// Called for each event, on the loop's thread, from inside the master: it must not destroy
+  /// the master (call close(), or post the destruction).
   void on_event(std::function<void(const cluster_event&)> cb);
 
  private:

@@ -3,8 +3,10 @@
 //
 // The protocol: each message is one line of text (no line break), words separated by spaces.
 //   master -> worker
-//     hello MODE N NAME...   first message; MODE is shared or round-robin; in shared mode the
-//                            frame carries the N listening sockets (N is 0 in round-robin)
+//     hello MODE N BACKLOG NAME...
+//                            first message; MODE is shared or round-robin; in shared mode the
+//                            frame carries the N listening sockets (N is 0 in round-robin),
+//                            which the worker listens on with BACKLOG
 //     conn SERIAL INDEX      round-robin: one connection, accepted on listener INDEX, rides on
 //                            the frame
 //     stop                   stop taking connections, finish the ones held, then close

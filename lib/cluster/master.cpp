@@ -80,10 +80,7 @@ result<void> cluster_master_impl::start() {
   for (std::size_t i = 0; i < addresses.size(); ++i) {
     auto s = open_listener(loop_, addresses[i], o.backlog);
     if (!s) return stop_start(s.error());
-    // Named for LISTEN_FDNAMES, whose names cannot hold ':'.
-    std::string name = o.listen[i];
-    std::replace(name.begin(), name.end(), ':', '_');
-    add_listener(std::move(*s), std::move(name), {});
+    add_listener(std::move(*s), o.listen[i], {});
   }
   for (cluster_listener& given : o.listeners) {
     auto s = adopt_listener(loop_, std::move(given.fd));
@@ -121,9 +118,7 @@ std::size_t cluster_master_impl::add_listener(listener_socket srv, std::string n
   l.name = name.empty() ? l.address.to_string() : std::move(name);
   l.node_key = std::move(node_key);
   listeners.push_back(std::move(l));
-  const std::size_t index = listeners.size() - 1;
-  emit(cluster_event::kind::listening, 0, listeners[index].address.to_string());
-  return index;
+  return listeners.size() - 1;
 }
 
 // Puts the socket in the listening state. Round-robin: the master accepts on it. Shared: it
@@ -143,6 +138,7 @@ result<void> cluster_master_impl::listen_on(std::size_t index) {
   } else if (paused) {
     l.srv->stop_accepting();
   }
+  emit(cluster_event::kind::listening, 0, l.address.to_string());
   return {};
 }
 
@@ -169,7 +165,10 @@ result<void, spawn_error> cluster_master_impl::start_worker(unsigned slot, unsig
     for (std::size_t i = 0; i < listeners.size(); ++i) {
       so.stdio.push_back(stdio::fd(listeners[i].srv->fd()));
       if (i != 0) names += ':';
-      names += listeners[i].name;
+      // A name in LISTEN_FDNAMES cannot hold ':' (nor control characters).
+      for (const char c : listeners[i].name) {
+        names += c == ':' || static_cast<unsigned char>(c) < 0x20 ? '_' : c;
+      }
     }
     so.env.emplace_back("LISTEN_FDS", std::to_string(listeners.size()));
     so.env.emplace_back("LISTEN_FDNAMES", names);
@@ -216,8 +215,10 @@ result<void, spawn_error> cluster_master_impl::start_worker(unsigned slot, unsig
        fmt::format("worker {} (pid {}, generation {}) started", id, me.pid, generation));
   if (o.kind == cluster_worker_kind::activation) {
     // Nothing to wait for: the listening sockets queue connections until it accepts.
-    loop_.post([this, id] {
-      if (worker_rec* started_one = find(id)) became_ready(*started_one);
+    loop_.post([weak = weak_from_this(), id] {
+      auto self = weak.lock();
+      if (!self) return;
+      if (worker_rec* started_one = self->find(id)) self->became_ready(*started_one);
     });
   }
   return {};
@@ -225,8 +226,8 @@ result<void, spawn_error> cluster_master_impl::start_worker(unsigned slot, unsig
 
 void cluster_master_impl::send_hello(worker_rec& w) {
   const bool shared = o.mode == cluster_mode::shared;
-  std::string line =
-      fmt::format("hello {} {}", shared ? "shared" : "round-robin", shared ? listeners.size() : 0);
+  std::string line = fmt::format("hello {} {} {}", shared ? "shared" : "round-robin",
+                                 shared ? listeners.size() : 0, o.backlog);
   std::vector<int> fds;
   for (const listener_rec& l : listeners) {
     line += ' ';
@@ -238,7 +239,9 @@ void cluster_master_impl::send_hello(worker_rec& w) {
 
 worker_rec* cluster_master_impl::find(int id) {
   auto it = workers.find(id);
-  return it == workers.end() ? nullptr : it->second.get();
+  if (it != workers.end()) return it->second.get();
+  auto gone = departed.find(id);
+  return gone == departed.end() ? nullptr : gone->second.get();
 }
 
 void cluster_master_impl::kin_message(int id, std::string_view message) {
@@ -293,7 +296,22 @@ void cluster_master_impl::give_back(worker_rec& w, std::uint64_t serial) {
   w.in_flight.erase(it);
 }
 
+void cluster_master_impl::forget_departed(int id) {
+  auto it = departed.find(id);
+  if (it == departed.end()) return;
+  std::unique_ptr<worker_rec> w = std::move(it->second);
+  departed.erase(it);
+  requeue(*w);
+  w.reset();  // from its channel's or its timer's callback: both allow it
+  dispatch();
+  check_closed();
+}
+
 void cluster_master_impl::channel_closed(int id) {
+  if (departed.count(id) != 0) {
+    forget_departed(id);
+    return;
+  }
   worker_rec* w = find(id);
   if (w == nullptr) return;
   requeue(*w);
@@ -312,19 +330,37 @@ void cluster_master_impl::exited(int id, std::error_code ec, int status, int sig
   std::unique_ptr<worker_rec> w = std::move(it->second);
   workers.erase(it);
   w->exited = true;
-  requeue(*w);
-  const bool asked = w->told_stop || w->exited_after_disconnect;
+  const bool asked = w->told_stop;
+  const bool left = w->exited_after_disconnect;
   const std::string what =
       fmt::format("worker {} (pid {}) {}", w->id, w->pid, exit_text(ec, status, signal));
   const unsigned slot = w->slot;
   const unsigned generation = w->generation;
   const auto lived = loop_.now() - w->started_at;
-  // Its channel and process go now; what was queued for it goes to the others.
-  w.reset();
+  if (w->chan && w->chan->is_open() && !w->in_flight.empty()) {
+    // Its last messages (a took for what it was handed) may still be unread: the channel is
+    // read to its end before what is still in flight goes to the others (or after a second,
+    // if something else holds the channel's other end).
+    worker_rec& d = *w;
+    departed.emplace(id, std::move(w));
+    d.grace.set_callback([this, id] { forget_departed(id); });
+    (void)d.grace.start(std::chrono::seconds(1));
+  } else {
+    requeue(*w);
+    w.reset();
+  }
   dispatch();
 
   if (asked || closing) {
     emit(cluster_event::kind::worker_retired, id, what);
+  } else if (left && generation == serving_generation && !crash) {
+    // A Node worker that disconnected itself (cluster.worker.disconnect()): replaced at once,
+    // not a death.
+    emit(cluster_event::kind::worker_retired, id, what);
+    if (respawn_timers.size() <= slot) respawn_timers.resize(slot + 1);
+    if (!respawn_timers[slot]) respawn_timers[slot] = std::make_unique<timer>(loop_);
+    respawn_timers[slot]->set_callback([this, slot] { respawn(slot); });
+    (void)respawn_timers[slot]->start(std::chrono::milliseconds(0));
   } else if (reload && generation == reload->generation) {
     emit(cluster_event::kind::worker_exited, id, what);
     fail_reload(
@@ -439,6 +475,12 @@ void cluster_master_impl::dispatch() {
     paused = false;
     resume_accepting();
   }
+  if (closing) {
+    stop_when_queue_empty();
+    // Once the workers were told to stop nothing takes a queued connection (one given back by
+    // a worker that died, say): it is closed.
+    if (close_flushed) queue.clear();
+  }
 }
 
 void cluster_master_impl::resume_accepting() {
@@ -510,6 +552,10 @@ void cluster_master_impl::start_grace(worker_rec& w) {
 }
 
 void cluster_master_impl::close(std::function<void()> done) {
+  if (closed) {
+    if (done) loop_.post(std::move(done));
+    return;
+  }
   close_done = std::move(done);
   if (closing) return;
   closing = true;
@@ -527,6 +573,7 @@ void cluster_master_impl::close(std::function<void()> done) {
 // Round-robin: connections already accepted are handed out before the workers are told to
 // stop (bounded by grace: then they are closed).
 void cluster_master_impl::stop_when_queue_empty() {
+  if (close_flushed || in_close_progress) return;
   bool busy = !queue.empty();
   for (auto& [id, w] : workers) busy = busy || !w->in_flight.empty();
   bool someone_takes = false;
@@ -541,20 +588,21 @@ void cluster_master_impl::stop_when_queue_empty() {
       });
       (void)close_flush->start(o.grace);
     }
-    loop_.post([this] {
-      if (closing) stop_when_queue_empty();
-    });
-    return;
+    return;  // dispatch() calls again after every event that can make progress
   }
+  in_close_progress = true;
+  close_flushed = true;
   if (close_flush) close_flush->stop();
   queue.clear();
   for (auto& l : listeners) l.srv->close();
   for (auto& [id, w] : workers) tell_stop(*w);
+  in_close_progress = false;
   check_closed();
 }
 
 void cluster_master_impl::check_closed() {
-  if (!closing || !workers.empty() || closed) return;
+  if (!closing || !workers.empty() || !departed.empty() || closed) return;
+  queue.clear();
   closed = true;
   for (auto& l : listeners) {
     if (l.srv->is_open()) l.srv->close();
@@ -609,6 +657,10 @@ void cluster_master_impl::check_reload() {
   const unsigned old_generation = serving_generation;
   serving_generation = reload->generation;
   auto r = std::move(reload);
+  // A new generation starts afresh: respawning resumes after a crash loop.
+  crash = false;
+  deaths.clear();
+  slot_backoff.assign(static_cast<std::size_t>(o.workers), o.backoff_initial);
   for (auto& t : respawn_timers) {
     if (t) t->stop();  // a respawn of the old generation is not needed any more
   }
@@ -625,10 +677,13 @@ void cluster_master_impl::fail_reload(std::error_code ec, const std::string& why
   if (!reload) return;
   auto r = std::move(reload);
   for (auto& [id, w] : workers) {
-    if (w->generation == r->generation) {
-      tell_stop(*w);
-      (void)w->child->kill(SIGKILL);
-    }
+    if (w->generation != r->generation) continue;
+    // One that may serve already (ready, or a Node worker with a server) drains like any
+    // stopping worker; one that never became ready has nothing to finish.
+    const bool serving = w->state == cluster_worker_state::ready || !w->in_flight.empty() ||
+                         !w->node_listeners.empty();
+    tell_stop(*w);
+    if (!serving) (void)w->child->kill(SIGKILL);
   }
   emit(cluster_event::kind::reload_failed, 0, fmt::format("reload failed: {}", why));
   if (r->done) loop_.post([done = std::move(r->done), ec] { done(ec); });

@@ -97,12 +97,37 @@ void cluster_master_impl::node_message(int id, std::string_view message) {
   }
 }
 
+// A datagram socket is shared in both modes, as Node's primary shares it (there is nothing
+// to balance): bound once per key and sent to every worker that asks.
+void cluster_master_impl::node_udp_query(worker_rec& w, const node_cluster_message& m) {
+  const std::int64_t ack = *m.seq;
+  auto it = node_udp.find(m.key);
+  if (it == node_udp.end()) {
+    const char* any = m.udp6 ? "::" : "0.0.0.0";
+    auto address = socket_address::ip(m.address ? std::string_view(*m.address) : any,
+                                      static_cast<std::uint16_t>(m.port));
+    std::error_code ec = address ? std::error_code() : address.error();
+    auto s = std::make_unique<udp_socket>(loop_);
+    if (!ec) {
+      if (auto bound = s->bind(*address); !bound) ec = bound.error();
+    }
+    if (ec) {
+      emit(cluster_event::kind::error, w.id,
+           fmt::format("worker {} asked for {}: {}", w.id, m.key, ec.message()));
+      node_reply(w, ack,
+                 fmt::format(R"("errno":{},"key":{},"data":null)", -ec.value(), json_quote(m.key)));
+      return;
+    }
+    it = node_udp.emplace(m.key, std::move(s)).first;
+  }
+  node_reply(w, ack, fmt::format(R"("errno":0,"key":{},"data":{})", json_quote(m.key), m.data),
+             it->second->fd());
+}
+
 void cluster_master_impl::node_query(worker_rec& w, const node_cluster_message& m) {
   const std::int64_t ack = *m.seq;
   if (m.udp) {
-    // Datagram sockets are not shared through the master (nothing to balance).
-    node_reply(w, ack,
-               fmt::format(R"("errno":{},"key":{},"data":null)", -EOPNOTSUPP, json_quote(m.key)));
+    node_udp_query(w, m);
     return;
   }
   // The listener: one bound for this key before, a configured one on the same port (and

@@ -7,6 +7,7 @@
 #include <kin/loop.hpp>
 #include <kin/process.hpp>
 #include <kin/server.hpp>
+#include <kin/udp.hpp>
 
 #include "cluster/cluster_internal.hpp"
 #include "cluster/node_cluster.hpp"
@@ -67,7 +68,7 @@ struct reload_rec {
   timer ready_timer;
 };
 
-struct cluster_master_impl {
+struct cluster_master_impl : std::enable_shared_from_this<cluster_master_impl> {
   cluster_master_impl(loop& l, cluster_options options);
   ~cluster_master_impl();
   cluster_master_impl(const cluster_master_impl&) = delete;
@@ -83,11 +84,13 @@ struct cluster_master_impl {
   void kin_message(int id, std::string_view message);
   void node_message(int id, std::string_view message);
   void node_query(worker_rec& w, const node_cluster_message& m);
+  void node_udp_query(worker_rec& w, const node_cluster_message& m);
   void node_reply(worker_rec& w, std::int64_t ack, std::string_view fields, int fd = -1);
   void became_ready(worker_rec& w);
   void requeue(worker_rec& w);
   void give_back(worker_rec& w, std::uint64_t serial);
   void channel_closed(int id);
+  void forget_departed(int id);
   void exited(int id, std::error_code ec, int status, int signal);
   void unasked_death(int id, unsigned slot, const std::string& what,
                      std::chrono::nanoseconds lived);
@@ -113,7 +116,11 @@ struct cluster_master_impl {
   loop& loop_;
   cluster_options o;
   std::vector<listener_rec> listeners;
+  /// Datagram sockets bound for Node workers, by key.
+  std::map<std::string, std::unique_ptr<udp_socket>> node_udp;
   std::map<int, std::unique_ptr<worker_rec>> workers;  // by id: ids grow, so in start order
+  /// Exited with connections in flight: kept until their channel is read to its end.
+  std::map<int, std::unique_ptr<worker_rec>> departed;
   std::deque<pending_connection> queue;
   std::uint64_t serial_counter = 0;
   std::size_t handed_total = 0;
@@ -133,6 +140,8 @@ struct cluster_master_impl {
   bool closing = false;
   bool closed = false;
   bool close_flush_expired = false;
+  bool close_flushed = false;  ///< the workers were told to stop
+  bool in_close_progress = false;
   bool paused = false;
   bool dispatching = false;
 };

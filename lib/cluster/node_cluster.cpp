@@ -70,6 +70,7 @@ std::optional<node_cluster_message> parse_node_cluster(std::string_view json) {
     address_type = js_string(e);
     if (address_type == "udp4" || address_type == "udp6") {
       m.udp = true;
+      m.udp6 = address_type == "udp6";
     } else {
       m.address_type = integer_of(e).value_or(4);
     }

@@ -20,6 +20,7 @@ struct node_cluster_message {
   std::int64_t port = 0;
   std::int64_t address_type = 4;  ///< 4, 6, or -1 (a Unix path)
   bool udp = false;               ///< addressType "udp4" or "udp6"
+  bool udp6 = false;              ///< addressType "udp6"
   std::string key;  ///< close: the key; queryServer: the key the primary gives it, as Node does
   std::string data = "null";  ///< queryServer: the custom server data, as JSON text
 };

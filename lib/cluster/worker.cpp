@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
@@ -32,6 +34,7 @@ struct cluster_worker_impl : std::enable_shared_from_this<cluster_worker_impl> {
   std::function<void()> stop_cb;
   std::vector<listener_socket> listeners;
   std::size_t count = 0;
+  int backlog = 511;
   bool hello = false;
   bool shared = false;
   bool started = false;
@@ -56,9 +59,10 @@ std::optional<listener_socket> as_server(any_handle& h) {
 void cluster_worker_impl::received(std::string message, std::vector<any_handle> handles) {
   const auto words = words_of(message);
   if (words.empty()) return;
-  if (words[0] == "hello" && !hello && words.size() >= 3) {
+  if (words[0] == "hello" && !hello && words.size() >= 4) {
     hello = true;
     shared = words[1] == "shared";
+    backlog = static_cast<int>(std::min<std::uint64_t>(number_of(words[3]).value_or(511), 65535));
     for (any_handle& h : handles) {
       if (auto s = as_server(h)) listeners.push_back(std::move(*s));
     }
@@ -84,9 +88,9 @@ void cluster_worker_impl::become_ready() {
   ready = true;
   if (shared) {
     for (std::size_t i = 0; i < listeners.size(); ++i) {
-      // 511: the listening socket keeps the backlog the master gave it when this is larger.
+      // With the master's backlog: listen(2) on the shared socket sets it for every process.
       (void)listeners[i]->listen(
-          511, [this, i](std::error_code ec, unique_fd fd) { accepted(i, ec, std::move(fd)); });
+          backlog, [this, i](std::error_code ec, unique_fd fd) { accepted(i, ec, std::move(fd)); });
     }
   }
   to_master->send("ready");

@@ -194,6 +194,11 @@ int main(int argc, char** argv) {
     return usage_error("nothing to listen on: give --listen (or run it socket-activated)");
   }
   const int workers = o.workers;
+  // Each worker leads its own process group: Ctrl-C in a terminal reaches kin-cluster alone,
+  // which then stops the workers in order (they would otherwise die of it at once).
+  o.spawn.process_group = 0;
+  // A closed stdout (kin-cluster | head) must not kill the supervisor.
+  std::signal(SIGPIPE, SIG_IGN);
 
   kin::loop l;
   kin::cluster_master master(l, std::move(o));
