@@ -18,8 +18,11 @@
 #include "helpers/process_state.hpp"
 #include "helpers/temp_dir.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <mutex>
@@ -29,6 +32,10 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -571,4 +578,178 @@ TEST_CASE("a master listens on IPv6 and Unix paths too, in both modes", "[cluste
   close_all(l, m);
   // The socket file the master bound is removed with it.
   CHECK_FALSE(std::filesystem::exists(path));
+}
+
+TEST_CASE("destroying a master right after start leaves nothing behind", "[cluster]") {
+  leak_guard guard;
+  kin::loop l;
+  for (const auto kind : {kin::cluster_worker_kind::activation, kin::cluster_worker_kind::kin}) {
+    auto m = std::make_unique<kin::cluster_master>(l, [&] {
+      kin::cluster_options o;
+      o.kind = kind;
+      o.mode = kin::cluster_mode::shared;
+      o.program = kind == kin::cluster_worker_kind::kin ? child_path() : "/bin/sleep";
+      o.args = {kind == kin::cluster_worker_kind::kin ? "cluster-worker" : "30"};
+      o.listen = {"127.0.0.1:0"};
+      return o;
+    }());
+    REQUIRE(m->start());
+    m.reset();  // with work posted for it (activation workers are ready on the next iteration)
+  }
+  // The workers were killed; the loop reaps them and runs nothing of the master's.
+  CHECK(kin_test::run_all(l, 10s));
+}
+
+TEST_CASE("a reload that fails drains the new workers that were ready and kills the others",
+          "[cluster]") {
+  leak_guard guard;
+  kin_test::temp_dir dir;
+  kin::loop l;
+  auto o = worker_options(kin::cluster_mode::round_robin, 2);
+  o.args = {"cluster-worker-lazy", dir.path().string()};
+  o.ready_timeout = 1500ms;
+  std::vector<kin::cluster_event> events;
+  kin::cluster_master m(l, std::move(o));
+  m.on_event([&](const kin::cluster_event& e) { events.push_back(e); });
+  REQUIRE(m.start());
+  REQUIRE(run_until(l, [&] { return all_ready(m, 2); }));
+  std::set<int> old_pids;
+  for (const auto& w : m.workers()) old_pids.insert(w.pid);
+  const auto to = m.addresses().at(0);
+
+  // From now on one new worker never becomes ready: the reload times out.
+  {
+    std::FILE* arm = std::fopen((dir.path() / "arm").c_str(), "w");
+    REQUIRE(arm);
+    std::fclose(arm);
+  }
+  std::optional<std::error_code> result;
+  m.reload([&](std::error_code ec) { result = ec; });
+  // Wait for the new worker that does become ready, then hold a connection it serves.
+  int fresh = 0;
+  REQUIRE(run_until(l, [&] {
+    for (const auto& w : m.workers()) {
+      if (w.generation == 2 && w.state == kin::cluster_worker_state::ready) fresh = w.pid;
+    }
+    return fresh != 0;
+  }));
+  kin::unique_fd held;
+  std::atomic<bool> got{false};
+  std::thread opener([&] {
+    for (int i = 0; i < 8 && !held.is_open(); ++i) {
+      kin::unique_fd fd = dial(to);
+      if (fd.is_open() && read_line(fd.get()) == "pid " + std::to_string(fresh)) {
+        held = std::move(fd);
+      }
+    }
+    got = true;
+  });
+  const bool opened = run_until(l, [&] { return got.load(); });
+  opener.join();
+  REQUIRE(opened);
+  REQUIRE(held.is_open());
+
+  REQUIRE(run_until(
+      l, [&] { return result.has_value(); }, 10s));
+  CHECK(*result == std::errc::timed_out);
+  // The lazy one is killed; the ready one drains: it is still there, holding our connection.
+  REQUIRE(run_until(l, [&] { return m.workers().size() == 3; }));
+  bool fresh_stopping = false;
+  for (const auto& w : m.workers()) {
+    if (w.pid == fresh) fresh_stopping = w.state == kin::cluster_worker_state::stopping;
+    if (w.pid != fresh) CHECK(old_pids.count(w.pid) == 1);
+  }
+  CHECK(fresh_stopping);
+  pollfd p{held.get(), POLLIN, 0};
+  CHECK(::poll(&p, 1, 0) == 0);  // neither closed nor reset
+  // The old generation serves on.
+  std::set<int> answered;
+  std::thread more([&] {
+    for (int i = 0; i < 6; ++i) answered.insert(one_request(to));
+  });
+  run_until(
+      l, [&] { return answered.size() >= 2; }, 10s);
+  more.join();
+  CHECK(answered == old_pids);
+  held.reset();
+  CHECK(run_until(l, [&] { return m.workers().size() == 2; }));
+  const bool failed = std::any_of(events.begin(), events.end(), [](const auto& e) {
+    return e.what == kin::cluster_event::kind::reload_failed;
+  });
+  CHECK(failed);
+  close_all(l, m);
+}
+
+TEST_CASE("a reload after a crash loop resumes respawning", "[cluster]") {
+  leak_guard guard;
+  kin_test::temp_dir dir;
+  const std::string needed = (dir.path() / "ok").string();
+  kin::loop l;
+  auto o = worker_options(kin::cluster_mode::round_robin, 1);
+  o.args = {"cluster-worker-needs", needed};
+  o.backoff_initial = 10ms;
+  o.backoff_max = 1s;
+  o.crash_limit = 2;
+  kin::cluster_master m(l, std::move(o));
+  REQUIRE(m.start());
+  REQUIRE(run_until(l, [&] { return m.crash_looping() && m.workers().empty(); }));
+  {
+    std::FILE* ok = std::fopen(needed.c_str(), "w");
+    REQUIRE(ok);
+    std::fclose(ok);
+  }
+  std::optional<std::error_code> result;
+  m.reload([&](std::error_code ec) { result = ec; });
+  REQUIRE(run_until(l, [&] { return result.has_value(); }));
+  CHECK_FALSE(*result);
+  CHECK_FALSE(m.crash_looping());
+  REQUIRE(m.workers().size() == 1);
+  const pid_t first = m.workers().front().pid;
+  ::kill(first, SIGKILL);  // an unasked death: respawned again
+  CHECK(run_until(l, [&] {
+    const auto ws = m.workers();
+    return ws.size() == 1 && ws.front().pid != first &&
+           ws.front().state == kin::cluster_worker_state::ready;
+  }));
+  close_all(l, m);
+}
+
+TEST_CASE("shared-mode workers keep the master's backlog", "[cluster]") {
+  leak_guard guard;
+  kin::loop l;
+  // A listener given to the master (as from LISTEN_FDS); the test keeps a duplicate to look at.
+  kin::tcp_server given(l);
+  REQUIRE(given.bind(kin_test::ip("127.0.0.1")));
+  REQUIRE(given.listen(16, [](std::error_code, kin::unique_fd) {}));
+  given.stop_accepting();
+  auto fd = given.release();
+  REQUIRE(fd);
+  kin::unique_fd watch(::fcntl(fd->get(), F_DUPFD_CLOEXEC, 0));
+  REQUIRE(watch.is_open());
+  kin::cluster_options o = worker_options(kin::cluster_mode::shared, 2);
+  o.listen.clear();
+  o.listeners.push_back({std::move(*fd), {}, "given"});
+  o.backlog = 1000;
+  kin::cluster_master m(l, std::move(o));
+  REQUIRE(m.start());
+  REQUIRE(run_until(l, [&] { return all_ready(m, 2); }));
+  // Linux reports a listening socket's backlog as tcpi_sacked.
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  REQUIRE(::getsockopt(watch.get(), IPPROTO_TCP, TCP_INFO, &info, &len) == 0);
+  const int somaxconn = [] {
+    std::FILE* f = std::fopen("/proc/sys/net/core/somaxconn", "r");
+    int v = 4096;
+    if (f != nullptr) {
+      if (std::fscanf(f, "%d", &v) != 1) v = 4096;
+      std::fclose(f);
+    }
+    return v;
+  }();
+  CHECK(static_cast<int>(info.tcpi_sacked) == std::min(1000, somaxconn));
+  watch.reset();
+  close_all(l, m);
+  bool again = false;
+  m.close([&] { again = true; });  // after completion: called too
+  CHECK(run_until(l, [&] { return again; }));
 }

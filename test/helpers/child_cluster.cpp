@@ -4,6 +4,9 @@
 //   cluster-die-once DIR  speaks the cluster protocol itself: the first of its kind to be
 //                         handed a connection (it creates DIR/died) exits at once without
 //                         taking it; the others take each connection and write "pid <pid>\n"
+//   cluster-worker-lazy DIR   as cluster-worker, but once DIR/arm exists the first of its kind
+//                         to start (it creates DIR/lazy) never calls start(): never ready
+//   cluster-worker-needs FILE as cluster-worker, but exits 1 at once unless FILE exists
 //   cluster-listeners     prints what kin::listeners_from_environment() found: "N NAME ADDRESS
 //                         ..." and whether LISTEN_FDS is still set, or "error <errno>"
 #include <kin/cluster.hpp>
@@ -34,7 +37,7 @@ kin::stream* stream_of(kin::any_handle& h) {
   return nullptr;
 }
 
-int worker() {
+int worker(bool lazy = false) {
   kin::loop l;
   auto opened = kin::cluster_worker::from_environment(l);
   if (!opened) return 1;
@@ -45,6 +48,10 @@ int worker() {
   std::map<int, held> connections;
   int next = 0;
   const std::string hello = "pid " + std::to_string(::getpid()) + "\n";
+  if (lazy) {
+    l.run();  // stays "starting": the channel alone keeps it
+    return 0;
+  }
   (*opened)->start([&](kin::any_handle socket, std::size_t, kin::cluster_ticket ticket) {
     kin::stream* s = stream_of(socket);
     if (s == nullptr) return;
@@ -112,6 +119,22 @@ int listeners() {
 
 int cluster_main(std::string_view behaviour, int argc, char** argv) {
   if (behaviour == "cluster-worker") return worker();
+  if (behaviour == "cluster-worker-lazy" && argc >= 3) {
+    const std::string dir = argv[2];
+    bool lazy = false;
+    if (::access((dir + "/arm").c_str(), F_OK) == 0) {
+      const int fd = ::open((dir + "/lazy").c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+      if (fd >= 0) {
+        ::close(fd);
+        lazy = true;
+      }
+    }
+    return worker(lazy);
+  }
+  if (behaviour == "cluster-worker-needs" && argc >= 3) {
+    if (::access(argv[2], F_OK) != 0) return 1;
+    return worker();
+  }
   if (behaviour == "cluster-die-once" && argc >= 3) return die_once(argv[2]);
   if (behaviour == "cluster-listeners") return listeners();
   return -1;
