@@ -375,6 +375,29 @@ def run(args, timeout=15):
     return p.returncode, p.stdout, p.stderr
 
 
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def udp_request(port, timeout=10):
+    """Sends datagrams to 127.0.0.1:`port` until one is answered "udp PID"; the pid."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        while time.monotonic() < deadline:
+            s.sendto(b"ping", ("127.0.0.1", port))
+            try:
+                data, _ = s.recvfrom(100)
+            except socket.timeout:
+                continue
+            m = re.fullmatch(rb"udp (\d+)", data)
+            if m:
+                return int(m.group(1))
+    raise Failure(f"no answer to a datagram on UDP port {port} in {timeout} s")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -937,7 +960,8 @@ os.execv(sys.argv[2], sys.argv[2:])
 def check_node(ctx, mode):
     node = shutil.which("node")
     port = free_port()
-    env = dict(os.environ, PORT=str(port))
+    udp_port = free_udp_port()
+    env = dict(os.environ, PORT=str(port), UDP_PORT=str(udp_port))
     for var in ("NODE_UNIQUE_ID", "NODE_CHANNEL_FD", "NODE_OPTIONS"):
         env.pop(var, None)
     c = ctx.cluster("--node", "--mode", mode, "--workers", "2", "--grace", "10",
@@ -959,8 +983,57 @@ def check_node(ctx, mode):
     st = c.status()
     c.expect(st.pids == set(pids) and all(w["connections"] == "-" for w in st.workers),
              f"node workers in the status: {st}")
+    # UDP: the workers' datagram socket is bound by kin-cluster and shared with both.
+    udp_pid = udp_request(udp_port)
+    c.expect(udp_pid in pids, f"a datagram answered by {udp_pid}, not one of {pids}")
+    # A worker that leaves by itself (cluster.worker.disconnect()) is replaced at once.
+    left = request(port, "/leave")
+    c.expect(left in pids, f"/leave answered by {left}, not one of {pids}")
+    c.wait_status(lambda st: len(st.workers) == 2 and left not in st.pids,
+                  f"worker {left} replaced after it disconnected itself", timeout=30)
+    load = Load(port, total=100, deadline=30)
+    load.join(timeout=35)
+    load.no_failures(f"--node {mode} after a worker left")
     c.stop(timeout=20)
-    print(f"  node {mode}: answers per worker {dict(pids_seen)}")
+    print(f"  node {mode}: answers per worker {dict(pids_seen)}; worker {left} left and was "
+          f"replaced; UDP answered by {udp_pid}")
+    if mode == "shared":
+        check_closed_stdout(ctx, node, env, port)
+
+
+def check_closed_stdout(ctx, node, env, port):
+    # kin-cluster | head -1: its stdout closes after the first line, and with --node the
+    # listening line comes later, when a worker asks. It must survive that (no SIGPIPE) and
+    # still stop in order.
+    proc = subprocess.Popen([ctx.exe, "--node", "--mode", "shared", "--workers", "1",
+                             "--", node, NODE_APP], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+        check(b"started 1 worker" in first, f"first line {first!r}")
+        proc.stdout.close()
+        deadline = time.monotonic() + 30
+        pid = 0
+        while not pid and time.monotonic() < deadline:
+            try:
+                pid = request(port, timeout=10)
+            except ClientError:  # refused until the worker's listen() made kin-cluster bind it
+                time.sleep(0.1)
+        check(pid > 0, "no answer after stdout closed")
+        check(proc.poll() is None, f"kin-cluster died (status {proc.returncode}) once its "
+              "stdout was closed")
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(20)
+        check(status == 0, f"exit status {status} after SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    print("  node: kin-cluster with its stdout closed keeps serving and stops with status 0")
 
 
 def refused_soon(port, timeout=3):
