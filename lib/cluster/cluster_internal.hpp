@@ -7,13 +7,14 @@
 //                            first message; MODE is shared or round-robin; in shared mode the
 //                            frame carries the N listening sockets (N is 0 in round-robin),
 //                            which the worker listens on with BACKLOG
-//     conn SERIAL INDEX      round-robin: one connection, accepted on listener INDEX, rides on
-//                            the frame
+//     conn SERIAL INDEX [SERIAL INDEX]...
+//                            round-robin: connections, each accepted on listener INDEX, riding
+//                            on the frame in the same order
 //     stop                   stop taking connections, finish the ones held, then close
 //   worker -> master
 //     ready                  start() was called and the hello arrived
-//     took SERIAL COUNT      the connection SERIAL is the worker's; it holds COUNT now
-//     refused SERIAL         the worker is stopping: the master gives SERIAL to another one
+//     took COUNT SERIAL...   the connections SERIAL... are the worker's; it holds COUNT now
+//     refused SERIAL...      the worker is stopping: the master gives them to others
 //     count COUNT            the number of live connections changed
 // Names are listener names with spaces replaced by '_'.
 #pragma once

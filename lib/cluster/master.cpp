@@ -2,12 +2,14 @@
 // crash-loop guard, reload and close. The Node side of the protocol is in master_node.cpp.
 #include "cluster/master_state.hpp"
 
+#include "loop_impl.hpp"
 #include "posix/sys.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <csignal>
+#include <iterator>
 #include <utility>
 
 #include <fcntl.h>
@@ -46,9 +48,10 @@ std::string listener_name(std::string_view text) {
 }  // namespace
 
 cluster_master_impl::cluster_master_impl(loop& l, cluster_options options)
-    : loop_(l), o(std::move(options)) {}
+    : loop_(l), o(std::move(options)), dispatch_task(&dispatch_thunk, this) {}
 
 cluster_master_impl::~cluster_master_impl() {
+  if (dispatch_task.is_queued()) loop_.impl().cancel(dispatch_task);
   for (auto& [id, w] : workers) {
     if (!w->exited) (void)w->child->kill(SIGKILL);
   }
@@ -251,16 +254,21 @@ void cluster_master_impl::kin_message(int id, std::string_view message) {
   if (words.empty()) return;
   if (words[0] == "ready") {
     became_ready(*w);
-  } else if (words[0] == "took" && words.size() == 3) {
-    const auto serial = number_of(words[1]);
-    const auto count = number_of(words[2]);
-    if (!serial || !count) return;
-    if (w->in_flight.erase(*serial) != 0) ++handed_total;
+  } else if (words[0] == "took" && words.size() >= 3) {
+    const auto count = number_of(words[1]);
+    if (!count) return;
+    for (std::size_t i = 2; i < words.size(); ++i) {
+      const auto serial = number_of(words[i]);
+      if (serial && w->in_flight.erase(*serial) != 0) ++handed_total;
+    }
     w->connections = static_cast<long>(*count);
     dispatch();
     check_closed();
-  } else if (words[0] == "refused" && words.size() == 2) {
-    if (auto serial = number_of(words[1])) give_back(*w, *serial);
+  } else if (words[0] == "refused") {
+    // Given back in their order, ahead of the connections that came later.
+    for (std::size_t i = words.size(); i-- > 1;) {
+      if (auto serial = number_of(words[i])) give_back(*w, *serial);
+    }
     dispatch();
   } else if (words[0] == "count" && words.size() == 2) {
     if (auto count = number_of(words[1])) w->connections = static_cast<long>(*count);
@@ -426,7 +434,8 @@ void cluster_master_impl::accepted(std::size_t index, std::error_code ec, unique
     return;
   }
   queue.push_back({std::move(fd), index});
-  dispatch();
+  // Handed out once this iteration's accepts are all in: one message per worker for them.
+  if (!dispatch_task.is_queued()) loop_.impl().defer(dispatch_task);
   if (queue.size() >= o.max_pending && !paused) {
     paused = true;
     for (auto& l : listeners) l.srv->stop_accepting();
@@ -470,6 +479,7 @@ void cluster_master_impl::dispatch() {
     queue.pop_front();
     hand(*chosen, std::move(c));
   }
+  send_handed();
   dispatching = false;
   if (paused && queue.size() < o.max_pending / 2 && !closing) {
     paused = false;
@@ -491,23 +501,40 @@ void cluster_master_impl::resume_accepting() {
   }
 }
 
+// The master keeps its copy of each connection until the worker says it took it: a worker that
+// dies first leaves it to another worker. A Node worker gets each in its own newconn; a kin
+// worker gets those given to it in one dispatch() together, in one message.
 void cluster_master_impl::hand(worker_rec& w, pending_connection c) {
-  const std::uint64_t serial = ++serial_counter;
   const int fd = c.fd.get();
-  std::string line;
   if (o.kind == cluster_worker_kind::node) {
     const std::uint64_t seq = w.node_seq++;
-    line = fmt::format(R"({{"cmd":"NODE_CLUSTER","act":"newconn","key":{},"seq":{}}})",
-                       json_quote(w.node_listeners[c.listener]), seq);
+    const std::string line =
+        fmt::format(R"({{"cmd":"NODE_CLUSTER","act":"newconn","key":{},"seq":{}}})",
+                    json_quote(w.node_listeners[c.listener]), seq);
     w.in_flight.emplace(seq, std::move(c));
-  } else {
-    line = fmt::format("conn {} {}", serial, c.listener);
-    w.in_flight.emplace(serial, std::move(c));
+    const int fds[] = {fd};
+    w.chan->send_keeping(line, fds);
+    return;
   }
-  // The master keeps its copy until the worker says it took the connection: a worker that
-  // dies first leaves it to another worker.
-  const int fds[] = {fd};
-  w.chan->send_keeping(line, fds);
+  const std::uint64_t serial = ++serial_counter;
+  if (w.outgoing.empty()) {
+    w.outgoing = "conn";
+    handing.push_back(w.id);
+  }
+  fmt::format_to(std::back_inserter(w.outgoing), " {} {}", serial, c.listener);
+  w.outgoing_fds.push_back(fd);
+  w.in_flight.emplace(serial, std::move(c));
+}
+
+void cluster_master_impl::send_handed() {
+  for (const int id : handing) {
+    worker_rec* w = find(id);
+    if (w == nullptr || w->outgoing.empty()) continue;
+    w->chan->send_keeping(w->outgoing, w->outgoing_fds);
+    w->outgoing.clear();
+    w->outgoing_fds.clear();
+  }
+  handing.clear();
 }
 
 // ---- stopping --------------------------------------------------------------------------------

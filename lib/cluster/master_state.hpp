@@ -11,6 +11,7 @@
 
 #include "cluster/cluster_internal.hpp"
 #include "cluster/node_cluster.hpp"
+#include "loop_impl.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -55,7 +56,10 @@ struct worker_rec {
   /// Node, round-robin: the listeners this worker serves, with the key it knows each by.
   std::map<std::size_t, std::string> node_listeners;
   std::uint64_t node_seq = 0;  ///< the seq of our next message to it
-  timer grace;                 ///< SIGKILL when a stopping worker runs past the grace time
+  /// kin: the conn message being built in this dispatch(), and its descriptors.
+  std::string outgoing;
+  std::vector<int> outgoing_fds;
+  timer grace;  ///< SIGKILL when a stopping worker runs past the grace time
   bool told_stop = false;
   bool exited_after_disconnect = false;  ///< Node: it said it leaves on its own
   bool exited = false;
@@ -101,6 +105,10 @@ struct cluster_master_impl : std::enable_shared_from_this<cluster_master_impl> {
   void dispatch();
   void resume_accepting();
   void hand(worker_rec& w, pending_connection c);
+  void send_handed();
+  static void dispatch_thunk(void* self) noexcept {
+    static_cast<cluster_master_impl*>(self)->dispatch();
+  }
   void tell_stop(worker_rec& w);
   void start_grace(worker_rec& w);
   void close(std::function<void()> done);
@@ -122,6 +130,9 @@ struct cluster_master_impl : std::enable_shared_from_this<cluster_master_impl> {
   /// Exited with connections in flight: kept until their channel is read to its end.
   std::map<int, std::unique_ptr<worker_rec>> departed;
   std::deque<pending_connection> queue;
+  /// dispatch() at the start of the next iteration, after accepts.
+  deferred_task dispatch_task;
+  std::vector<int> handing;  ///< ids of workers with an outgoing message
   std::uint64_t serial_counter = 0;
   std::size_t handed_total = 0;
   int last_chosen = 0;

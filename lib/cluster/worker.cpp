@@ -3,10 +3,12 @@
 #include <kin/socket.hpp>
 
 #include "cluster/cluster_internal.hpp"
+#include "loop_impl.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -17,14 +19,26 @@ namespace kin {
 namespace detail {
 
 struct cluster_worker_impl : std::enable_shared_from_this<cluster_worker_impl> {
-  explicit cluster_worker_impl(loop& l) : loop_(l) {}
+  explicit cluster_worker_impl(loop& l)
+      : loop_(l), flush_task(&flush_thunk, this), count_timer(l, [this] { report_count_now(); }) {
+    count_timer.unref();
+  }
+  ~cluster_worker_impl() {
+    if (flush_task.is_queued()) loop_.impl().cancel(flush_task);
+  }
+  cluster_worker_impl(const cluster_worker_impl&) = delete;
+  cluster_worker_impl& operator=(const cluster_worker_impl&) = delete;
+
+  static void flush_thunk(void* self) noexcept { static_cast<cluster_worker_impl*>(self)->flush(); }
+  void flush() noexcept;
+  void report_count_now() noexcept;
+  void count_changed();
 
   void received(std::string message, std::vector<any_handle> handles);
   void accepted(std::size_t index, std::error_code ec, unique_fd fd);
   void begin_stop();
   void finish_if_done();
   void released();
-  void report_count();
   void become_ready();
   cluster_ticket ticket() { return cluster_ticket(weak_from_this()); }
 
@@ -40,8 +54,14 @@ struct cluster_worker_impl : std::enable_shared_from_this<cluster_worker_impl> {
   bool started = false;
   bool ready = false;
   bool stopping = false;
-  bool report_posted = false;
   bool finished = false;
+  /// Round-robin: the serials taken in this loop iteration, answered together by flush() at
+  /// the start of the next (with the count).
+  std::vector<std::string> taken;
+  deferred_task flush_task;
+  /// A change of the count alone is reported at most every count_interval.
+  timer count_timer;
+  bool count_dirty = false;
 };
 
 namespace {
@@ -69,15 +89,23 @@ void cluster_worker_impl::received(std::string message, std::vector<any_handle> 
     if (started) become_ready();
     return;
   }
-  if (words[0] == "conn" && words.size() == 3 && handles.size() == 1) {
+  if (words[0] == "conn" && words.size() >= 3 && words.size() % 2 == 1 &&
+      handles.size() == (words.size() - 1) / 2) {
     if (stopping || !started) {
-      to_master->send(fmt::format("refused {}", words[1]));
+      std::string line = "refused";
+      for (std::size_t i = 1; i < words.size(); i += 2) line.append(" ").append(words[i]);
+      to_master->send(line);
       return;
     }
-    const auto index = number_of(words[2]).value_or(0);
-    ++count;
-    to_master->send(fmt::format("took {} {}", words[1], count));
-    cb(std::move(handles.front()), static_cast<std::size_t>(index), ticket());
+    // All taken before any callback runs (a callback may stop the worker).
+    for (std::size_t i = 1; i < words.size(); i += 2) taken.emplace_back(words[i]);
+    count += handles.size();
+    if (!flush_task.is_queued()) loop_.impl().defer(flush_task);
+    auto self = shared_from_this();  // a callback may destroy the cluster_worker
+    for (std::size_t k = 0; k < handles.size(); ++k) {
+      const auto index = number_of(words[2 + 2 * k]).value_or(0);
+      cb(std::move(handles[k]), static_cast<std::size_t>(index), ticket());
+    }
     return;
   }
   if (words[0] == "stop") begin_stop();
@@ -101,28 +129,49 @@ void cluster_worker_impl::accepted(std::size_t index, std::error_code ec, unique
   auto h = adopt(loop_, std::move(fd));
   if (!h) return;
   ++count;
-  report_count();
+  count_changed();
   cb(std::move(*h), index, ticket());
 }
 
-void cluster_worker_impl::report_count() {
-  if (report_posted || finished) return;
-  report_posted = true;
-  // One report per loop iteration, however many connections opened or closed in it.
-  loop_.post([weak = weak_from_this()] {
-    auto self = weak.lock();
-    if (!self) return;
-    self->report_posted = false;
-    if (self->to_master && self->to_master->is_open()) {
-      self->to_master->send(fmt::format("count {}", self->count));
-    }
-    self->finish_if_done();
-  });
+// How often a change of the count alone is reported: often enough for a status, without a
+// message to the master for every connection.
+constexpr auto count_interval = std::chrono::milliseconds(10);
+
+void cluster_worker_impl::count_changed() {
+  count_dirty = true;
+  if (!count_timer.is_active()) (void)count_timer.start(count_interval);
+}
+
+void cluster_worker_impl::report_count_now() noexcept {
+  if (!count_dirty || finished) return;
+  count_dirty = false;
+  try {
+    if (to_master && to_master->is_open()) to_master->send(fmt::format("count {}", count));
+  } catch (...) {  // std::bad_alloc: the next change reports the count again
+    count_dirty = true;
+  }
+}
+
+void cluster_worker_impl::flush() noexcept {
+  if (taken.empty() || finished) return;
+  try {
+    std::string line = fmt::format("took {}", count);
+    for (const std::string& serial : taken) line.append(" ").append(serial);
+    taken.clear();
+    count_dirty = false;  // the count rides along
+    if (to_master && to_master->is_open()) to_master->send(line);
+  } catch (...) {  // std::bad_alloc: the master gives them to others when this worker goes
+  }
+  finish_if_done();
 }
 
 void cluster_worker_impl::released() {
   if (count > 0) --count;
-  report_count();
+  if (stopping && count == 0) {
+    finish_if_done();
+  } else {
+    count_changed();
+  }
 }
 
 void cluster_worker_impl::begin_stop() {
@@ -138,9 +187,13 @@ void cluster_worker_impl::begin_stop() {
 }
 
 void cluster_worker_impl::finish_if_done() {
-  if (!stopping || finished || count != 0 || report_posted) return;
+  if (!stopping || finished || count != 0 || !taken.empty()) return;
   finished = true;
-  if (to_master) to_master->disconnect();
+  count_timer.stop();
+  if (to_master && to_master->is_open()) {
+    if (count_dirty) to_master->send("count 0");
+    to_master->disconnect();
+  }
 }
 
 }  // namespace detail

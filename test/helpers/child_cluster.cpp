@@ -79,17 +79,27 @@ int die_once(const std::string& dir) {
       ch.send("ready");
       return;
     }
-    if (m.rfind("conn ", 0) == 0 && handles.size() == 1) {
+    if (m.rfind("conn ", 0) == 0 && !handles.empty()) {
       const std::string marker = dir + "/died";
       const int fd = ::open(marker.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
       if (fd >= 0) {
         ::close(fd);
-        ::_exit(3);  // handed a connection and gone before taking it
+        ::_exit(3);  // handed connections and gone before taking them
       }
-      const auto serial = m.substr(5, m.find(' ', 5) - 5);
-      ch.send("took " + serial + " 0");
-      if (kin::stream* s = stream_of(handles.front())) {
-        (void)s->try_write(std::as_bytes(std::span(hello.data(), hello.size())));
+      // "conn SERIAL INDEX [SERIAL INDEX]...": took all, then each gets the pid.
+      std::string took = "took 0";
+      std::size_t pos = 5;
+      for (std::size_t k = 0; k < handles.size(); ++k) {
+        const std::size_t space = m.find(' ', pos);
+        took += " " + m.substr(pos, space - pos);
+        pos = m.find(' ', space + 1);
+        pos = pos == std::string::npos ? m.size() : pos + 1;
+      }
+      ch.send(took);
+      for (kin::any_handle& h : handles) {
+        if (kin::stream* s = stream_of(h)) {
+          (void)s->try_write(std::as_bytes(std::span(hello.data(), hello.size())));
+        }
       }
       return;
     }
