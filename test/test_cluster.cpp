@@ -753,3 +753,50 @@ TEST_CASE("shared-mode workers keep the master's backlog", "[cluster]") {
   m.close([&] { again = true; });  // after completion: called too
   CHECK(run_until(l, [&] { return again; }));
 }
+
+TEST_CASE("a worker that took a connection and exited at once does not get it re-handed",
+          "[cluster]") {
+  leak_guard guard;
+  kin::loop l;
+  auto o = worker_options(kin::cluster_mode::round_robin, 1);
+  o.args = {"cluster-take-and-exit"};
+  o.backoff_initial = 1ms;
+  o.backoff_max = 1ms;
+  o.crash_limit = 1000;
+  kin::cluster_master m(l, std::move(o));
+  REQUIRE(m.start());
+  const auto to = m.addresses().at(0);
+  // Each connection is answered by exactly one worker: the one that took it, whose took comes
+  // (from a process it forked) after its exit was seen. A connection handed again at the exit
+  // would get a second line, from the respawned worker.
+  constexpr int total = 10;
+  std::vector<std::string> answers;
+  std::atomic<bool> done{false};
+  std::thread client([&] {
+    for (int i = 0; i < total; ++i) {
+      kin::unique_fd fd = dial(to);
+      std::string all;
+      char buf[256];
+      for (;;) {
+        const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        all.append(buf, static_cast<std::size_t>(n));
+      }
+      answers.push_back(all);
+    }
+    done = true;
+  });
+  const bool finished = run_until(
+      l, [&] { return done.load(); }, 60s);
+  client.join();
+  REQUIRE(finished);
+  REQUIRE(answers.size() == total);
+  for (const std::string& a : answers) {
+    INFO(a);
+    CHECK(a.rfind("pid ", 0) == 0);
+    CHECK(std::count(a.begin(), a.end(), '\n') == 1);
+  }
+  CHECK(m.handed() == total);
+  close_all(l, m);
+}

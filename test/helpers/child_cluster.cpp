@@ -7,6 +7,8 @@
 //   cluster-worker-lazy DIR   as cluster-worker, but once DIR/arm exists the first of its kind
 //                         to start (it creates DIR/lazy) never calls start(): never ready
 //   cluster-worker-needs FILE as cluster-worker, but exits 1 at once unless FILE exists
+//   cluster-take-and-exit writes "pid <pid>\n" on the first connection and exits; a process it
+//                         forked sends the took for it 100 ms later
 //   cluster-listeners     prints what kin::listeners_from_environment() found: "N NAME ADDRESS
 //                         ..." and whether LISTEN_FDS is still set, or "error <errno>"
 #include <kin/cluster.hpp>
@@ -15,7 +17,10 @@
 #include <kin/socket.hpp>
 #include <kin/this_process.hpp>
 
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <span>
@@ -109,6 +114,43 @@ int die_once(const std::string& dir) {
   return 0;
 }
 
+// Writes its pid on the first connection it is handed and exits at once, leaving the took to a
+// process it forked, which still holds the channel and sends it 100 ms later: the master sees
+// the exit before the took, and must not give the connection to anyone else meanwhile.
+int take_and_exit() {
+  const auto channel_fd = kin::this_process::get_env("KIN_CHANNEL_FD");
+  if (!channel_fd) return 1;
+  const int raw_channel = std::atoi(channel_fd->c_str());
+  kin::loop l;
+  auto opened = kin::channel::from_environment(l);
+  if (!opened) return 1;
+  kin::channel& ch = **opened;
+  const std::string hello = "pid " + std::to_string(::getpid()) + "\n";
+  ch.on_message([&](std::string m, std::vector<kin::any_handle> handles) {
+    if (m.rfind("hello", 0) == 0) {
+      ch.send("ready");
+      return;
+    }
+    if (m.rfind("conn ", 0) != 0 || handles.size() != 1) return;
+    const std::string took = "took 1 " + m.substr(5, m.find(' ', 5) - 5);
+    kin::stream* s = stream_of(handles.front());
+    if (s == nullptr) ::_exit(2);
+    (void)s->try_write(std::as_bytes(std::span(hello.data(), hello.size())));
+    if (::fork() == 0) {
+      ::usleep(100 * 1000);
+      // A native frame: the payload's length (32 bits), the descriptor count (16 bits), 0.
+      std::string frame(8, '\0');
+      for (int i = 0; i < 4; ++i) frame[i] = static_cast<char>((took.size() >> (8 * i)) & 0xFF);
+      frame += took;
+      (void)!::write(raw_channel, frame.data(), frame.size());
+      ::_exit(0);
+    }
+    ::_exit(0);
+  });
+  l.run();
+  return 0;
+}
+
 int listeners() {
   auto found = kin::listeners_from_environment();
   if (!found) {
@@ -147,6 +189,7 @@ int cluster_main(std::string_view behaviour, int argc, char** argv) {
   }
   if (behaviour == "cluster-die-once" && argc >= 3) return die_once(argv[2]);
   if (behaviour == "cluster-listeners") return listeners();
+  if (behaviour == "cluster-take-and-exit") return take_and_exit();
   return -1;
 }
 
