@@ -663,13 +663,16 @@ TEST_CASE("a reload that fails drains the new workers that were ready and kills 
   pollfd p{held.get(), POLLIN, 0};
   CHECK(::poll(&p, 1, 0) == 0);  // neither closed nor reset
   // The old generation serves on.
-  std::set<int> answered;
+  std::set<int> answered;  // read only once the thread is done
+  std::atomic<bool> asked{false};
   std::thread more([&] {
     for (int i = 0; i < 6; ++i) answered.insert(one_request(to));
+    asked = true;
   });
-  run_until(
-      l, [&] { return answered.size() >= 2; }, 10s);
+  const bool served = run_until(
+      l, [&] { return asked.load(); }, 60s);
   more.join();
+  REQUIRE(served);
   CHECK(answered == old_pids);
   held.reset();
   CHECK(run_until(l, [&] { return m.workers().size() == 2; }));
