@@ -1661,7 +1661,9 @@ TEST_CASE("a thousand children alive at once, killed together, are all reaped wi
   std::vector<exit_record> records(count);
   std::vector<kin::process> children;
   children.reserve(count);
-  const auto o = quiet({"sleep", "30000"});
+  // Long enough to outlast spawning a thousand sanitized children on a loaded machine (the
+  // first ones must still be there when the kills go out): ten minutes, in milliseconds.
+  const auto o = quiet({"sleep", "600000"});
   for (int i = 0; i < count; ++i) {
     auto p = f.spawn(o);
     if (!p) FAIL("spawn " << i << " failed: " << p.error().message());
