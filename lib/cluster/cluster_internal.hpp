@@ -47,7 +47,7 @@ class listener_socket {
 };
 
 /// A bound (not yet listening) server for `address`.
-result<listener_socket> open_listener(loop& l, const socket_address& address, int backlog);
+result<listener_socket> open_listener(loop& l, const socket_address& address);
 /// A server for a listening socket received or inherited.
 result<listener_socket> adopt_listener(loop& l, unique_fd fd);
 

@@ -7,8 +7,8 @@
 #include "cluster/cluster_internal.hpp"
 #include "posix/sys.hpp"
 
-#include <charconv>
 #include <climits>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -19,16 +19,6 @@
 namespace kin {
 
 namespace {
-
-// A decimal number without sign, spaces or leading '+' (what systemd's parser takes).
-std::optional<long> parse_decimal(std::string_view text) {
-  long value = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size() || text.empty() || value < 0) {
-    return std::nullopt;
-  }
-  return value;
-}
 
 std::vector<std::string> split_names(std::string_view text) {
   std::vector<std::string> names;
@@ -58,15 +48,19 @@ result<std::vector<cluster_listener>> listeners_from_environment() {
   if (!fds_text) return out;
   const auto pid_text = this_process::get_env("LISTEN_PID");
   if (!pid_text) return out;
-  const auto pid = parse_decimal(*pid_text);
-  const auto count = parse_decimal(*fds_text);
-  if (!pid || !count || *count > INT_MAX - 3) return fail(errno_code(EINVAL));
-  if (*pid != ::getpid()) return out;
+  // Decimal, without sign or spaces, as systemd's parser takes them.
+  const auto pid_number = detail::number_of(*pid_text);
+  const auto count_number = detail::number_of(*fds_text);
+  if (!pid_number || !count_number || *count_number > INT_MAX - 3) {
+    return fail(errno_code(EINVAL));
+  }
+  if (*pid_number != static_cast<std::uint64_t>(::getpid())) return out;
+  const int count = static_cast<int>(*count_number);
   std::vector<std::string> names;
   if (auto names_text = this_process::get_env("LISTEN_FDNAMES")) names = split_names(*names_text);
 
   // Checked whole before any descriptor is taken.
-  for (int fd = 3; fd < 3 + *count; ++fd) {
+  for (int fd = 3; fd < 3 + count; ++fd) {
     auto kind = detect_fd_kind(fd);
     if (!kind) return fail(kind.error());
     if (*kind != fd_kind::tcp_server && *kind != fd_kind::unix_server) {
@@ -80,7 +74,7 @@ result<std::vector<cluster_listener>> listeners_from_environment() {
       return fail(errno_code(EINVAL));
     }
   }
-  for (int fd = 3; fd < 3 + *count; ++fd) {
+  for (int fd = 3; fd < 3 + count; ++fd) {
     (void)::fcntl(fd, F_SETFD, FD_CLOEXEC);
     cluster_listener l;
     l.fd = unique_fd(fd);
@@ -97,8 +91,7 @@ result<std::vector<cluster_listener>> listeners_from_environment() {
 
 namespace detail {
 
-result<listener_socket> open_listener(loop& l, const socket_address& address, int backlog) {
-  (void)backlog;
+result<listener_socket> open_listener(loop& l, const socket_address& address) {
   if (address.is_ip()) {
     auto s = std::make_unique<tcp_server>(l);
     if (auto bound = s->bind(address); !bound) return fail(bound.error());

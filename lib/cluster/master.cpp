@@ -81,7 +81,7 @@ result<void> cluster_master_impl::start() {
     addresses.push_back(*a);
   }
   for (std::size_t i = 0; i < addresses.size(); ++i) {
-    auto s = open_listener(loop_, addresses[i], o.backlog);
+    auto s = open_listener(loop_, addresses[i]);
     if (!s) return stop_start(s.error());
     add_listener(std::move(*s), o.listen[i], {});
   }
@@ -365,10 +365,7 @@ void cluster_master_impl::exited(int id, std::error_code ec, int status, int sig
     // A Node worker that disconnected itself (cluster.worker.disconnect()): replaced at once,
     // not a death.
     emit(cluster_event::kind::worker_retired, id, what);
-    if (respawn_timers.size() <= slot) respawn_timers.resize(slot + 1);
-    if (!respawn_timers[slot]) respawn_timers[slot] = std::make_unique<timer>(loop_);
-    respawn_timers[slot]->set_callback([this, slot] { respawn(slot); });
-    (void)respawn_timers[slot]->start(std::chrono::milliseconds(0));
+    schedule_respawn(slot, std::chrono::milliseconds(0));
   } else if (reload && generation == reload->generation) {
     emit(cluster_event::kind::worker_exited, id, what);
     fail_reload(
@@ -409,10 +406,14 @@ void cluster_master_impl::unasked_death(int id, unsigned slot, const std::string
   emit(cluster_event::kind::worker_exited, id, what);
   emit(cluster_event::kind::respawn_scheduled, id,
        fmt::format("respawn in {} ms", std::chrono::milliseconds(wait).count()));
+  schedule_respawn(slot, wait);
+}
+
+void cluster_master_impl::schedule_respawn(unsigned slot, std::chrono::milliseconds delay) {
   if (respawn_timers.size() <= slot) respawn_timers.resize(slot + 1);
   if (!respawn_timers[slot]) respawn_timers[slot] = std::make_unique<timer>(loop_);
   respawn_timers[slot]->set_callback([this, slot] { respawn(slot); });
-  (void)respawn_timers[slot]->start(wait);
+  (void)respawn_timers[slot]->start(delay);
 }
 
 void cluster_master_impl::respawn(unsigned slot) {

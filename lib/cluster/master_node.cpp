@@ -147,7 +147,7 @@ void cluster_master_impl::node_query(worker_rec& w, const node_cluster_message& 
   if (!found) {
     std::error_code last = errno_code(EINVAL);
     for (const socket_address& a : query_addresses(m)) {
-      auto s = open_listener(loop_, a, o.backlog);
+      auto s = open_listener(loop_, a);
       if (!s) {
         last = s.error();
         continue;

@@ -99,6 +99,7 @@ struct cluster_master_impl : std::enable_shared_from_this<cluster_master_impl> {
   void unasked_death(int id, unsigned slot, const std::string& what,
                      std::chrono::nanoseconds lived);
   void respawn(unsigned slot);
+  void schedule_respawn(unsigned slot, std::chrono::milliseconds delay);
   void accepted(std::size_t index, std::error_code ec, unique_fd fd);
   [[nodiscard]] std::size_t window() const noexcept;
   [[nodiscard]] bool takes(const worker_rec& w, std::size_t listener) const;
