@@ -6,6 +6,7 @@
 #include "call_guard.hpp"
 #include "loop_impl.hpp"
 #include "posix/sys.hpp"
+#include "stream_gather.hpp"
 #include "stream_opener.hpp"
 
 #include <algorithm>
@@ -670,11 +671,11 @@ void stream::refuse(write_callback cb, std::error_code ec) {
 }
 
 bool stream::write(std::span<const std::byte> data, write_callback cb) {
-  return enqueue(data, nullptr, {}, std::move(cb));
+  return enqueue({}, data, nullptr, {}, std::move(cb));
 }
 
 bool stream::write(std::vector<std::byte>&& data, write_callback cb) {
-  return enqueue(data, &data, {}, std::move(cb));
+  return enqueue({}, data, &data, {}, std::move(cb));
 }
 
 bool stream::write(std::span<const std::byte> data, std::vector<unique_fd> fds, write_callback cb) {
@@ -683,19 +684,33 @@ bool stream::write(std::span<const std::byte> data, std::vector<unique_fd> fds, 
     refuse(std::move(cb), errno_code(EINVAL));
     return state_ == nullptr || !state_->above_high;
   }
-  return enqueue(data, nullptr, std::move(fds), std::move(cb));
+  return enqueue({}, data, nullptr, std::move(fds), std::move(cb));
 }
 
-bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
-                     std::vector<unique_fd> fds, write_callback cb) {
+bool detail::stream_gather::write(stream& s, std::span<const std::byte> head,
+                                  std::span<const std::byte> body, std::vector<unique_fd> fds,
+                                  stream::write_callback cb) {
+  if (!fds.empty() && (!s.unix_socket_ || head.empty() || fds.size() > max_fds_per_write)) {
+    fds.clear();
+    s.refuse(std::move(cb), errno_code(EINVAL));
+    return s.state_ == nullptr || !s.state_->above_high;
+  }
+  return s.enqueue(head, body, nullptr, std::move(fds), std::move(cb));
+}
+
+bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte> data,
+                     std::vector<std::byte>* owned, std::vector<unique_fd> fds, write_callback cb) {
   KIN_ASSERT(state_ != nullptr, "kin::stream::write on a stream that was never opened");
+  KIN_ASSERT(owned == nullptr || head.empty(), "kin::stream: an owned write with a head");
   detail::stream_state& s = *state_;
   if (s.closed || s.shut || s.shutdown_requested || s.write_error) {
     fds.clear();
     refuse(std::move(cb), s.write_error ? s.write_error : errno_code(EPIPE));
     return !s.above_high;
   }
-  const std::size_t n = data.size();
+  // The write's bytes are head's, then data's; `sent` counts from head's first.
+  const std::size_t h = head.size();
+  const std::size_t n = h + data.size();
   std::size_t sent = 0;
   const bool small = n < detail::coalesce_below;
   if (!small && s.queue.empty() && !s.want_writable && !s.connecting) {
@@ -703,10 +718,13 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
     // kernel does not take is queued (no copy in the common case). Its callback still runs
     // later, from the flush, never inside write(). Small writes wait for the flush, which sends
     // many in one system call, those with descriptors included (see fd_batch_bytes).
-    iovec iov{const_cast<std::byte*>(data.data()), n};
+    iovec iov[2];
+    int count = 0;
+    if (h != 0) iov[count++] = {const_cast<std::byte*>(head.data()), h};
+    if (!data.empty()) iov[count++] = {const_cast<std::byte*>(data.data()), data.size()};
     detail::fd_group passing{0, std::move(fds)};
     auto r = s.write_vectored(
-        &iov, 1,
+        iov, count,
         passing.fds.empty() ? std::span<const detail::fd_group>() : std::span(&passing, 1));
     fds = std::move(passing.fds);
     if (r) {
@@ -731,7 +749,12 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
       tail->data = s.take_buffer();
     }
     if (!fds.empty()) tail->groups.push_back({tail->data.size(), std::move(fds)});
-    tail->data.insert(tail->data.end(), data.begin() + static_cast<std::ptrdiff_t>(sent),
+    if (sent < h) {
+      tail->data.insert(tail->data.end(), head.begin() + static_cast<std::ptrdiff_t>(sent),
+                        head.end());
+    }
+    tail->data.insert(tail->data.end(),
+                      data.begin() + static_cast<std::ptrdiff_t>(sent > h ? sent - h : 0),
                       data.end());
     if (cb) tail->callbacks.push_back({tail->data.size(), std::move(cb), {}});
   } else {
@@ -741,17 +764,21 @@ bool stream::enqueue(std::span<const std::byte> data, std::vector<std::byte>* ow
       req.data = std::move(*owned);
       req.sent = sent;
     } else {
-      // The copy starts at the source's offset modulo 64 (a few unsent bytes of padding go
-      // first): glibc's `rep movsb` copies some CPUs' memory 20 times slower when the
-      // destination lies 8 to 16 bytes past the source modulo 4 KiB.
-      const std::byte* from = data.data() + sent;
+      // What is left of head, then of data. data's bytes land at their source's offset
+      // modulo 64 (a few unsent bytes of padding go first): glibc's `rep movsb` copies some
+      // CPUs' memory 20 times slower when the destination lies 8 to 16 bytes past the source
+      // modulo 4 KiB.
+      const std::size_t head_left = sent < h ? h - sent : 0;
+      const std::byte* from = data.data() + (sent > h ? sent - h : 0);
+      const std::byte* end = data.data() + data.size();
       req.data.reserve(n - sent + 64);
-      const auto skew = (reinterpret_cast<std::uintptr_t>(req.data.data()) -
+      const auto skew = (reinterpret_cast<std::uintptr_t>(req.data.data()) + head_left -
                          reinterpret_cast<std::uintptr_t>(from)) &
                         63u;
       const std::size_t pad = (64 - skew) & 63u;
       req.data.resize(pad);
-      req.data.insert(req.data.end(), from, data.data() + n);
+      req.data.insert(req.data.end(), head.data() + (h - head_left), head.data() + h);
+      req.data.insert(req.data.end(), from, end);
       req.sent = pad;
     }
     if (!fds.empty()) req.groups.push_back({req.sent, std::move(fds)});

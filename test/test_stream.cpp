@@ -10,6 +10,7 @@
 #include "helpers/process_state.hpp"
 #include "helpers/temp_dir.hpp"
 #include "posix/sys.hpp"
+#include "stream_gather.hpp"
 
 #include <cstring>
 #include <functional>
@@ -722,6 +723,125 @@ TEST_CASE("large writes queued behind one another arrive exactly, whatever their
   CHECK(got.end == kin::errc::eof);
   CHECK(got.data.size() == expected.size());
   CHECK(got.data == expected);
+}
+
+// ---- gathered writes (a header and a body, as the channel sends its frames) -----------------
+
+TEST_CASE("a gathered write whose header the kernel takes only in part arrives whole, once",
+          "[stream]") {
+  const auto fds_before = kin_test::open_fds();
+  {
+    kin::loop l;
+    auto p = kin::make_pipe();
+    REQUIRE(p);
+    // Fill the pipe (16 pages) but for 5 bytes of its last page: a non-blocking write whose
+    // length is 5 modulo the page size then merges exactly 5 bytes into that page and stops, so
+    // the kernel takes 5 of the header's 8 bytes.
+    const long page = ::sysconf(_SC_PAGESIZE);
+    REQUIRE(::fcntl(p->write.get(), F_GETPIPE_SZ) == 16 * page);
+    const std::string prefill = pattern(static_cast<std::size_t>(16 * page - 5), 1);
+    REQUIRE(::write(p->write.get(), prefill.data(), prefill.size()) ==
+            static_cast<ssize_t>(prefill.size()));
+    kin::stream writer(l), reader(l);
+    REQUIRE(writer.open(std::move(p->write)));
+    REQUIRE(reader.open(std::move(p->read)));
+    const std::string head = "HEADER8|";
+    const std::string body = pattern(static_cast<std::size_t>(25 * page + 5) - head.size(), 2);
+    int done = 0;
+    kin::detail::stream_gather::write(writer, bytes_of(head), bytes_of(body), {},
+                                      [&](std::error_code ec) {
+                                        CHECK(!ec);
+                                        ++done;
+                                      });
+    // Only the 5 bytes went out; the rest of the header and the whole body wait in the queue.
+    CHECK(writer.write_queue_size() == head.size() + body.size() - 5);
+    // Queued behind it (the kernel took nothing of this one): a second gathered write.
+    const std::string body2 = pattern(70'000, 3);
+    kin::detail::stream_gather::write(writer, bytes_of(head), bytes_of(body2), {},
+                                      [&](std::error_code ec) {
+                                        CHECK(!ec);
+                                        CHECK(done == 1);
+                                        ++done;
+                                      });
+    CHECK(writer.write_queue_size() == 2 * head.size() + body.size() + body2.size() - 5);
+    collector got;
+    REQUIRE(reader.read_start(got.callback()));
+    writer.shutdown();
+    l.run();
+    CHECK(done == 2);
+    CHECK(got.end == kin::errc::eof);
+    const std::string expected = prefill + head + body + head + body2;
+    CHECK(got.data.size() == expected.size());
+    CHECK(got.data == expected);
+  }
+  CHECK(kin_test::open_fds() == fds_before);
+}
+
+TEST_CASE("gathered writes with descriptors carry them on the header's first byte", "[stream]") {
+  const auto fds_before = kin_test::open_fds();
+  {
+    kin::loop l;
+    connected_streams pair(l);
+    collector got;
+    std::string expected;
+    std::vector<std::size_t> starts;  // where each gathered write with descriptors begins
+    std::vector<ino_t> inodes;
+    std::vector<kin::unique_fd> read_ends;
+    auto gather = [&](std::string_view body, bool with_fd) {
+      const std::string head = "<" + std::to_string(body.size()) + ">";
+      std::vector<kin::unique_fd> fds;
+      if (with_fd) {
+        auto p = kin::make_pipe();
+        REQUIRE(p);
+        inodes.push_back(inode_of(p->read.get()));
+        starts.push_back(expected.size());
+        fds.push_back(std::move(p->write));
+        read_ends.push_back(std::move(p->read));
+      }
+      kin::detail::stream_gather::write(pair.writer, bytes_of(head),
+                                        std::as_bytes(std::span(body.data(), body.size())),
+                                        std::move(fds));
+      expected += head;
+      expected += body;
+    };
+    // Small ones, coalesced into the queue with plain writes between them; then a large one
+    // that goes out at once with its descriptor and is only partly taken (the socket buffer is
+    // smaller than 4 MiB), then more small ones behind it.
+    for (int i = 0; i < 40; ++i) {
+      const std::string body =
+          pattern(static_cast<std::size_t>(i * 37 % 300), static_cast<std::size_t>(i));
+      gather(body, i % 3 == 0);
+      if (i % 5 == 0) {
+        pair.writer.write(std::string_view("plain|"));
+        expected += "plain|";
+      }
+    }
+    const std::string big = pattern(4 << 20, 9);
+    l.run_nowait();  // the small ones leave, so that the large one finds the queue empty
+    const std::size_t before_big = pair.writer.write_queue_size();
+    REQUIRE(before_big == 0);
+    gather(big, true);
+    CHECK(pair.writer.write_queue_size() > 0);
+    CHECK(pair.writer.write_queue_size() < big.size());
+    for (int i = 0; i < 10; ++i) gather(pattern(50, static_cast<std::size_t>(i)), true);
+    REQUIRE(pair.reader.read_start(got.callback()));
+    pair.writer.shutdown();
+    l.run();
+    CHECK(got.end == kin::errc::eof);
+    CHECK(got.data == expected);
+    REQUIRE(got.fds.size() == inodes.size());
+    // Each descriptor is its own write's, in order, and came with a read holding the first
+    // byte of that write's header (or an earlier read).
+    std::size_t k = 0;
+    for (std::size_t c = 0; c < got.fd_chunks.size(); ++c) {
+      for (std::size_t j = 0; j < got.fd_chunk_counts[c]; ++j, ++k) {
+        CHECK(inode_of(got.fds[k].get()) == inodes[k]);
+        CHECK(starts[k] < got.fd_chunks[c].second);
+      }
+    }
+    CHECK(k == inodes.size());
+  }
+  CHECK(kin_test::open_fds() == fds_before);
 }
 
 // ---- callbacks that release, reopen or reconnect the stream ----------------------------------

@@ -22,6 +22,7 @@ namespace kin {
 namespace detail {
 struct stream_state;
 struct stream_opener;
+struct stream_gather;
 }  // namespace detail
 
 /// The most descriptors one write may carry (the kernel's SCM_MAX_FD).
@@ -136,6 +137,7 @@ class KIN_API stream : public handle {
  private:
   friend struct detail::stream_state;
   friend struct detail::stream_opener;
+  friend struct detail::stream_gather;
   // open() of a descriptor whose kind is known (tcp_socket, unix_stream_socket or pipe);
   // `nonblocking`: it is already.
   result<void> open_detected(unique_fd fd, fd_kind kind, bool nonblocking = false) noexcept;
@@ -144,8 +146,10 @@ class KIN_API stream : public handle {
   // Completes a write (or shutdown) refused at once with `ec`, in order with the others, on a
   // later iteration.
   void refuse(write_callback cb, std::error_code ec);
-  bool enqueue(std::span<const std::byte> data, std::vector<std::byte>* owned,
-               std::vector<unique_fd> fds, write_callback cb);
+  // Queues `head` then `data` as one write; `owned` (with an empty head) is `data`'s vector,
+  // taken instead of copied.
+  bool enqueue(std::span<const std::byte> head, std::span<const std::byte> data,
+               std::vector<std::byte>* owned, std::vector<unique_fd> fds, write_callback cb);
   unique_fd fd_;
   bool socket_ = false;
   bool unix_socket_ = false;
