@@ -428,10 +428,10 @@ def make_cases(f):
         Case("timeout-lowercase-sigint", sh("exec sleep 5"), timeout=300, kill_signal="sigint"),
         Case("timeout-mixed-case-sighup", sh("exec sleep 5"), timeout=300, kill_signal="SigHup"),
         Case("timeout-trap-term-exit-0",
-             sh('trap "exit 0" TERM; echo ready; while :; do sleep 0.05; done'), timeout=400),
+             sh('trap "exit 0" TERM; echo ready; while :; do sleep 0.05; done'), timeout=1500),
         # The grandchildren's pids go to a file, so that none outlives the test.
         Case("timeout-grandchild-holds-pipes",
-             sh(f"sleep 3 & echo $! >> {shlex.quote(f['orphans'])}; echo started"), timeout=500,
+             sh(f"sleep 3 & echo $! >> {shlex.quote(f['orphans'])}; echo started"), timeout=1000,
              max_elapsed=2.0),
         Case("grandchild-holds-pipes-no-timeout",
              sh(f"sleep 1 & echo $! >> {shlex.quote(f['orphans'])}; echo started")),
