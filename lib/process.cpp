@@ -48,6 +48,8 @@ const char* to_string(spawn_step step) noexcept {
       return "setgid";
     case spawn_step::setuid:
       return "setuid";
+    case spawn_step::parent_death:
+      return "parent_death";
     case spawn_step::chdir:
       return "chdir";
     case spawn_step::open:
@@ -82,6 +84,8 @@ spawn_step step_of(int reported) noexcept {
       return spawn_step::setgid;
     case child_step::setuid:
       return spawn_step::setuid;
+    case child_step::parent_death:
+      return spawn_step::parent_death;
     case child_step::chdir:
       return spawn_step::chdir;
     case child_step::open:
@@ -648,6 +652,14 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   const std::string& shown = o.file.empty() && !o.args.empty() ? o.args[0] : o.file;
   if (o.args.empty() || o.file.empty()) return fail(prepare_error(errno_code(EINVAL), shown));
   if (!valid_signal(o.kill_signal)) return fail(prepare_error(errno_code(EINVAL), shown));
+  if (o.parent_death_signal != 0) {
+    if (!valid_signal(o.parent_death_signal)) {
+      return fail(prepare_error(errno_code(EINVAL), shown));
+    }
+#if !defined(__linux__) && !defined(__FreeBSD__)
+    return fail(prepare_error(errno_code(ENOTSUP), shown));
+#endif
+  }
   if (!o.pid_variable.empty() &&
       o.pid_variable.find_first_of(std::string_view("=\0", 2)) != std::string::npos) {
     return fail(prepare_error(errno_code(EINVAL), shown));
@@ -691,6 +703,8 @@ result<process, spawn_error> spawn(loop& l, const spawn_options& o) {
   plan.gid = o.gid.value_or(0);
   plan.set_uid = o.uid.has_value();
   plan.uid = o.uid.value_or(0);
+  plan.parent_death_signal = o.parent_death_signal;
+  plan.parent_pid = ::getpid();
   plan.actions = p.actions.data();
   plan.action_count = static_cast<int>(p.actions.size());
   plan.scratch = p.scratch.data();

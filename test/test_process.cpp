@@ -41,6 +41,9 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1186,22 +1189,94 @@ TEST_CASE("uid and gid set the child's credentials and drop its supplementary gr
   CHECK(report_of(f, o) == "65534 65534 65534 65534 0\n");
 }
 
+#if defined(__linux__)
+namespace {
+
+// Makes this process the reaper of its descendants' orphans while it lives (and restores the
+// setting): a grandchild whose parent a test kills is then the test's to wait for.
+class subreaper_scope {
+ public:
+  subreaper_scope() {
+    REQUIRE(::prctl(PR_GET_CHILD_SUBREAPER, &was_) == 0);
+    REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1UL) == 0);
+  }
+  subreaper_scope(const subreaper_scope&) = delete;
+  subreaper_scope& operator=(const subreaper_scope&) = delete;
+  ~subreaper_scope() { ::prctl(PR_SET_CHILD_SUBREAPER, static_cast<unsigned long>(was_)); }
+
+ private:
+  int was_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("a child with a parent_death_signal gets it when its parent is killed", "[process]") {
+  leak_guard leaks;
+  for (const bool other_user : {false, true}) {
+    INFO((other_user ? "child switched to uid 65534 (credentials set before the signal)"
+                     : "same user"));
+    if (other_user && (::geteuid() != 0 || !others_may_execute(child_path()))) {
+      WARN("not root, or the helper is not executable by others: the uid case is skipped");
+      continue;
+    }
+    subreaper_scope reaper;
+    fixture f;
+    std::vector<std::string> args = {"spawn-with-parent-death", std::to_string(SIGUSR2)};
+    if (other_user) args.push_back("65534");
+    kin::process parent = f.start(reporting(args));
+    child_watch w(parent);
+    REQUIRE(run_until(
+        f.l, [&] { return w.out().find('\n') != std::string::npos || w.exited(); }, 10s));
+    INFO("helper said: " << w.out() << w.err());
+    const pid_t grandchild = static_cast<pid_t>(std::atol(w.out().c_str()));
+    REQUIRE(grandchild > 0);
+    REQUIRE(parent.kill(SIGKILL));
+    CHECK(w.finish(f.l, parent));
+    CHECK(w.exit().term_signal == SIGKILL);
+    // The grandchild, now ours: it must die of SIGUSR2, soon.
+    int status = 0;
+    pid_t got = 0;
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while ((got = ::waitpid(grandchild, &status, WNOHANG)) == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+    }
+    if (got == 0) {
+      ::kill(grandchild, SIGKILL);
+      ::waitpid(grandchild, &status, 0);
+      FAIL("the grandchild outlived its parent by 10 s");
+    }
+    REQUIRE(got == grandchild);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGUSR2);
+  }
+}
+#endif
+
+TEST_CASE("a parent_death_signal that is not a signal is refused before any child exists",
+          "[process]") {
+  leak_guard leaks;
+  for (const int bad : {-1, NSIG, 1000}) {
+    INFO("parent_death_signal " << bad);
+    auto o = quiet({"exit-code", "0"});
+    o.parent_death_signal = bad;
+    const auto e = spawn_failure(o);
+    CHECK(e.step == kin::spawn_step::prepare);
+    CHECK(e.code == std::errc::invalid_argument);
+  }
+}
+
 // ---- bad input: a clear error, no child, no descriptor ---------------------------------------
 
 TEST_CASE("to_string names each spawn step", "[process]") {
   using kin::spawn_step;
   const std::vector<std::pair<spawn_step, std::string>> names = {
-      {spawn_step::prepare, "prepare"},
-      {spawn_step::fork, "fork"},
-      {spawn_step::setsid, "setsid"},
-      {spawn_step::setpgid, "setpgid"},
-      {spawn_step::setgroups, "setgroups"},
-      {spawn_step::setgid, "setgid"},
-      {spawn_step::setuid, "setuid"},
-      {spawn_step::chdir, "chdir"},
-      {spawn_step::open, "open"},
-      {spawn_step::dup2, "dup2"},
-      {spawn_step::exec, "exec"}};
+      {spawn_step::prepare, "prepare"},     {spawn_step::fork, "fork"},
+      {spawn_step::setsid, "setsid"},       {spawn_step::setpgid, "setpgid"},
+      {spawn_step::setgroups, "setgroups"}, {spawn_step::setgid, "setgid"},
+      {spawn_step::setuid, "setuid"},       {spawn_step::parent_death, "parent_death"},
+      {spawn_step::chdir, "chdir"},         {spawn_step::open, "open"},
+      {spawn_step::dup2, "dup2"},           {spawn_step::exec, "exec"}};
   for (const auto& [step, name] : names) CHECK(std::string(kin::to_string(step)) == name);
 }
 

@@ -79,7 +79,8 @@ struct cluster_options {
   std::string program;
   std::vector<std::string> args;
   /// Environment, cwd, stdio, credentials of the workers (file, args and the channel's
-  /// descriptor are set by the master). Default: stdin /dev/null, stdout and stderr inherited.
+  /// descriptor are set by the master). Default: stdin /dev/null, stdout and stderr inherited,
+  /// and (Linux, FreeBSD) SIGTERM to a worker whose master dies (parent_death_signal).
   spawn_options spawn = default_spawn();
 
   cluster_worker_kind kind = cluster_worker_kind::kin;
@@ -115,6 +116,11 @@ struct cluster_options {
   static spawn_options default_spawn() {
     spawn_options s;
     s.stdio = {stdio::ignore(), stdio::inherit(), stdio::inherit()};
+#if defined(__linux__) || defined(__FreeBSD__)
+    // Workers do not outlive a master that is killed (kin and Node workers also leave when
+    // their channel closes; an activation worker has no channel).
+    s.parent_death_signal = SIGTERM;
+#endif
     return s;
   }
 };

@@ -125,6 +125,15 @@ struct spawn_options {
   bool close_other_fds = true;
   /// The first signal process::terminate() sends.
   int kill_signal = SIGTERM;
+  /// When not 0, the child gets this signal once its parent is gone — a supervisor killed with
+  /// SIGKILL takes its children with it. Linux (prctl PR_SET_PDEATHSIG, set after the child's
+  /// credentials, which would clear it) and FreeBSD (procctl PROC_PDEATHSIG_CTL); elsewhere
+  /// spawn fails with ENOTSUP. A parent that is already gone by the time the child sets it gets
+  /// the child the signal at once. Caveats, the kernel's: on Linux "the parent" is the *thread*
+  /// that called spawn (spawn from a thread that lives as long as the process, e.g. the one
+  /// running the loop for its whole life); exec of a set-user-ID or set-group-ID program clears
+  /// the setting; and the signal goes to the child only, not to its own children.
+  int parent_death_signal = 0;
 };
 
 /// The step of starting a child that failed.
@@ -136,10 +145,11 @@ enum class spawn_step {
   setgroups,  ///< dropping supplementary groups
   setgid,
   setuid,
-  chdir,  ///< cwd
-  open,   ///< a stdio::file entry
-  dup2,   ///< placing a descriptor
-  exec,   ///< execve of every candidate
+  parent_death,  ///< parent_death_signal
+  chdir,         ///< cwd
+  open,          ///< a stdio::file entry
+  dup2,          ///< placing a descriptor
+  exec,          ///< execve of every candidate
 };
 
 /// Why spawn() failed: the step, the error, and the path involved (the program, the directory
@@ -229,8 +239,9 @@ class KIN_API process {
 /// that failed leaves no zombie. Blocks the calling thread only for that (the child does not
 /// copy the parent's memory, so the time does not grow with the parent's size).
 ///
-/// Errors (spawn_step::prepare): EINVAL for an empty args, an empty file, a kill_signal that
-/// is not a signal, a stdio::fd with a negative descriptor; EBADF for a stdio::fd that is not
+/// Errors (spawn_step::prepare): EINVAL for an empty args, an empty file, a kill_signal or a
+/// parent_death_signal that is not a signal, ENOTSUP for a parent_death_signal where the system
+/// has none, a stdio::fd with a negative descriptor; EBADF for a stdio::fd that is not
 /// open; kin::errc::sigchld_ignored when SIGCHLD is ignored (SIG_IGN or
 /// SA_NOCLDWAIT), because the kernel would then reap the child and its status be lost.
 /// EMFILE, ENOMEM and the like while preparing.

@@ -14,6 +14,7 @@ enum class child_step : int {
   setgroups,
   setgid,
   setuid,
+  parent_death,
   chdir,
   open,
   dup2,
@@ -64,6 +65,10 @@ struct child_plan {
   gid_t gid;
   bool set_uid;
   uid_t uid;
+  /// Not 0: the signal the child asks for when its parent dies (after the credentials, which
+  /// clear it); `parent_pid` is the parent's pid, to catch a parent that died before that.
+  int parent_death_signal;
+  pid_t parent_pid;
   const fd_action* actions;
   int action_count;
   /// Writable scratch of `action_count` ints in the parent's memory (the child may run in
@@ -89,11 +94,11 @@ struct child_plan {
 /// Runs the plan in a newly created child (all signals blocked by the parent around its
 /// creation): resets every signal's disposition to SIG_DFL (SIGPIPE included) and empties the
 /// mask, setsid / setpgid, setgroups / setgid / setuid (raw system calls: the C library's
-/// wrappers would signal the parent's threads), chdir, the fd actions with collisions handled,
-/// closes the other descriptors, and execve's each candidate (going on after ENOENT, ENOTDIR,
-/// EACCES, ELOOP, ENAMETOOLONG, ESTALE, ENODEV and ETIMEDOUT; reporting EACCES if any candidate
-/// gave it, else the last error). On any failure writes one child_report to report_fd and
-/// calls _exit(127). Never returns.
+/// wrappers would signal the parent's threads), the parent-death signal, chdir, the fd actions with
+/// collisions handled, closes the other descriptors, and execve's each candidate (going on after
+/// ENOENT, ENOTDIR, EACCES, ELOOP, ENAMETOOLONG, ESTALE, ENODEV and ETIMEDOUT; reporting EACCES if
+/// any candidate gave it, else the last error). On any failure writes one child_report to report_fd
+/// and calls _exit(127). Never returns.
 [[noreturn]] void run_child(const child_plan& plan) noexcept;
 
 /// The same, as a clone(2) entry point: `arg` is a `const child_plan*`.

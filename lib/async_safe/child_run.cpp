@@ -9,6 +9,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#elif defined(__FreeBSD__)
+#include <sys/procctl.h>
+#endif
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -96,6 +101,25 @@ long raw_setuid(uid_t uid) noexcept {
 #else
   return ::syscall(SYS_setuid, uid);
 #endif
+}
+
+// Asks for `sig` when the parent dies, then checks that the parent is still the one that
+// spawned this child: if it died first (the child was already handed to a reaper), the signal
+// is raised now, as the kernel would have sent it. kill(getpid()) and not raise(): in a child
+// sharing the parent's memory, the C library's idea of the current thread is the parent's.
+void set_parent_death_signal(int sig, pid_t parent, int report_fd) noexcept {
+#if defined(__linux__)
+  if (::syscall(SYS_prctl, PR_SET_PDEATHSIG, static_cast<unsigned long>(sig), 0UL, 0UL, 0UL) < 0) {
+    fail(report_fd, child_step::parent_death, errno, -1);
+  }
+#elif defined(__FreeBSD__)
+  if (::procctl(P_PID, 0, PROC_PDEATHSIG_CTL, &sig) < 0) {
+    fail(report_fd, child_step::parent_death, errno, -1);
+  }
+#else
+  fail(report_fd, child_step::parent_death, ENOTSUP, -1);
+#endif
+  if (::getppid() != parent) ::kill(::getpid(), sig);
 }
 
 // Applies the fd actions and returns the report descriptor's (possibly new) number.
@@ -277,6 +301,9 @@ bool try_next_candidate(int error) noexcept {
   }
   if (plan.set_gid && raw_setgid(plan.gid) < 0) fail(report_fd, child_step::setgid, errno, -1);
   if (plan.set_uid && raw_setuid(plan.uid) < 0) fail(report_fd, child_step::setuid, errno, -1);
+  if (plan.parent_death_signal != 0) {
+    set_parent_death_signal(plan.parent_death_signal, plan.parent_pid, report_fd);
+  }
   if (plan.cwd != nullptr && ::chdir(plan.cwd) < 0) {
     fail(report_fd, child_step::chdir, errno, -1);
   }

@@ -195,6 +195,34 @@ int spawn_as_uid() {
   return 0;
 }
 
+// "spawn-with-parent-death SIG [ID]": spawns this binary ("sleep" for ten minutes, with no
+// stdio) with parent_death_signal SIG, as user and group ID when given; prints the child's pid
+// (or "fail STEP ERRNO") and sleeps, for the test to kill it.
+int spawn_with_parent_death(const char* sig_text, const char* id_text) {
+  long sig = 0;
+  long id = -1;
+  if (!parse_int(sig_text, sig) || (id_text != nullptr && !parse_int(id_text, id))) return 2;
+  kin::loop l;
+  kin::spawn_options options;
+  options.file = "/proc/self/exe";
+  options.args = {"kin-test-child", "sleep", "600000"};
+  options.stdio = {kin::stdio::ignore(), kin::stdio::ignore(), kin::stdio::ignore()};
+  options.parent_death_signal = static_cast<int>(sig);
+  if (id >= 0) {
+    options.uid = static_cast<uid_t>(id);
+    options.gid = static_cast<gid_t>(id);
+  }
+  auto p = kin::spawn(l, options);
+  if (!p) {
+    std::printf("fail %s %d\n", kin::to_string(p.error().step), p.error().code.value());
+    return 1;
+  }
+  std::printf("%d\n", static_cast<int>(p->pid()));
+  std::fflush(stdout);
+  sleep_ms(600'000);
+  return 0;
+}
+
 }  // namespace
 
 // "reap-without-pidfd": run with KIN_PIDFD=0, spawns this binary three times with kin (exit 7,
@@ -296,6 +324,9 @@ int process_main(std::string_view behaviour, int argc, char** argv) {
   const char* arg2 = argc > 2 ? argv[2] : nullptr;
   long n = 0;
   if (behaviour == "reap-without-pidfd") return reap_without_pidfd("/proc/self/exe");
+  if (behaviour == "spawn-with-parent-death") {
+    return spawn_with_parent_death(arg2, argc > 3 ? argv[3] : nullptr);
+  }
   if (behaviour == "exit-code") {
     // "exit-code N": exits with status N.
     return parse_int(arg2, n) ? static_cast<int>(n) : 2;

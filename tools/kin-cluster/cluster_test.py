@@ -910,6 +910,17 @@ def check_activation(ctx):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    # kin-cluster killed with SIGKILL: its activation workers, which have no channel whose end
+    # would tell them, get SIGTERM from the kernel (the workers' parent_death_signal) and leave.
+    c = ctx.cluster("--activation", "--mode", "shared", "--workers", "2",
+                    "--listen", "127.0.0.1:0", program=[sys.executable, ACTIVATION_SERVER])
+    pids = c.started()
+    c.expect(c.live_children() == set(pids), f"workers {pids}, children {c.live_children()}")
+    c.send(signal.SIGKILL)
+    status = c.wait(10)
+    c.expect(status == -signal.SIGKILL, f"exit status {status} after SIGKILL")
+    c.no_child_left()
+
     # kin-cluster socket-activated itself: fd 3 is its listener. Both with kin workers
     # (round-robin), and passing it on to activation workers (shared).
     for mode, program in (("round-robin", [ctx.hello]),
