@@ -80,7 +80,9 @@ struct cluster_options {
   std::vector<std::string> args;
   /// Environment, cwd, stdio, credentials of the workers (file, args and the channel's
   /// descriptor are set by the master). Default: stdin /dev/null, stdout and stderr inherited,
-  /// and (Linux, FreeBSD) SIGTERM to a worker whose master dies (parent_death_signal).
+  /// and (Linux, FreeBSD) SIGTERM to a worker whose master dies (parent_death_signal; on Linux
+  /// that is when the thread running the master's loop ends, so run it on a thread that lives
+  /// as long as the cluster, or set parent_death_signal to 0).
   spawn_options spawn = default_spawn();
 
   cluster_worker_kind kind = cluster_worker_kind::kin;
