@@ -3,6 +3,8 @@
 
 #include "posix/sys.hpp"
 
+#include <cerrno>
+
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -30,9 +32,8 @@ int socket_domain(int fd) noexcept {
   return ss.ss_family;
 }
 
-result<fd_kind> socket_kind(int fd) noexcept {
-  int type = 0;
-  if (!int_option(fd, SO_TYPE, type)) return fail(sys::last_error());
+// A socket of SO_TYPE `type`.
+result<fd_kind> socket_kind(int fd, int type) noexcept {
   const int domain = socket_domain(fd);
   // SO_ACCEPTCONN fails (ENOPROTOOPT) on systems or socket types that do not know it; such a
   // socket is taken as not listening.
@@ -56,9 +57,15 @@ result<fd_kind> socket_kind(int fd) noexcept {
 }  // namespace detail
 
 result<fd_kind> detect_fd_kind(int fd) noexcept {
+  // Sockets first, the common case (received handles): SO_TYPE answers for a socket and fails
+  // with ENOTSOCK for anything else, which fstat then tells apart — one system call fewer per
+  // socket than starting with fstat.
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) return detail::socket_kind(fd, type);
+  if (errno != ENOTSOCK) return fail(sys::last_error());
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(sys::last_error());
-  if (S_ISSOCK(st.st_mode)) return detail::socket_kind(fd);
   if (S_ISFIFO(st.st_mode)) return fd_kind::pipe;
   if (S_ISREG(st.st_mode)) return fd_kind::file;
   if (S_ISCHR(st.st_mode)) return fd_kind::character_device;
