@@ -22,6 +22,7 @@ ASYNC_SIGNAL_SAFE = {
     "sigaction", "sigemptyset", "sigfillset", "sigaddset", "sigdelset", "sigprocmask",
     "pthread_sigmask", "signal", "syscall", "getdents64", "umask", "ioctl", "raise",
     "lseek", "lseek64",
+    "procctl",  # FreeBSD's PROC_PDEATHSIG_CTL: a system call
 }
 # Helpers that are not in the list but are safe: errno's location, stack protection, and the
 # compiler's own memory primitives on plain buffers.

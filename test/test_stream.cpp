@@ -836,6 +836,7 @@ TEST_CASE("gathered writes with descriptors carry them on the header's first byt
     for (std::size_t c = 0; c < got.fd_chunks.size(); ++c) {
       for (std::size_t j = 0; j < got.fd_chunk_counts[c]; ++j, ++k) {
         CHECK(inode_of(got.fds[k].get()) == inodes[k]);
+        CHECK(got.fd_chunks[c].first <= starts[k]);
         CHECK(starts[k] < got.fd_chunks[c].second);
       }
     }

@@ -79,10 +79,11 @@ struct cluster_options {
   std::string program;
   std::vector<std::string> args;
   /// Environment, cwd, stdio, credentials of the workers (file, args and the channel's
-  /// descriptor are set by the master). Default: stdin /dev/null, stdout and stderr inherited,
-  /// and (Linux, FreeBSD) SIGTERM to a worker whose master dies (parent_death_signal; on Linux
-  /// that is when the thread running the master's loop ends, so run it on a thread that lives
-  /// as long as the cluster, or set parent_death_signal to 0).
+  /// descriptor are set by the master). Default: stdin /dev/null, stdout and stderr inherited.
+  /// kin and Node workers notice a master that died by their channel's end (a kin worker then
+  /// finishes its connections); activation workers have no channel: spawn.parent_death_signal
+  /// (Linux, FreeBSD) makes them go too — on Linux when the thread that spawned them ends (the
+  /// one that calls start() and the one that runs the loop).
   spawn_options spawn = default_spawn();
 
   cluster_worker_kind kind = cluster_worker_kind::kin;
@@ -118,11 +119,6 @@ struct cluster_options {
   static spawn_options default_spawn() {
     spawn_options s;
     s.stdio = {stdio::ignore(), stdio::inherit(), stdio::inherit()};
-#if defined(__linux__) || defined(__FreeBSD__)
-    // Workers do not outlive a master that is killed (kin and Node workers also leave when
-    // their channel closes; an activation worker has no channel).
-    s.parent_death_signal = SIGTERM;
-#endif
     return s;
   }
 };

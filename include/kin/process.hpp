@@ -145,11 +145,11 @@ enum class spawn_step {
   setgroups,  ///< dropping supplementary groups
   setgid,
   setuid,
-  parent_death,  ///< parent_death_signal
   chdir,         ///< cwd
   open,          ///< a stdio::file entry
   dup2,          ///< placing a descriptor
   exec,          ///< execve of every candidate
+  parent_death,  ///< parent_death_signal (set after setuid, before chdir)
 };
 
 /// Why spawn() failed: the step, the error, and the path involved (the program, the directory
@@ -240,11 +240,11 @@ class KIN_API process {
 /// copy the parent's memory, so the time does not grow with the parent's size).
 ///
 /// Errors (spawn_step::prepare): EINVAL for an empty args, an empty file, a kill_signal or a
-/// parent_death_signal that is not a signal, ENOTSUP for a parent_death_signal where the system
-/// has none, a stdio::fd with a negative descriptor; EBADF for a stdio::fd that is not
-/// open; kin::errc::sigchld_ignored when SIGCHLD is ignored (SIG_IGN or
-/// SA_NOCLDWAIT), because the kernel would then reap the child and its status be lost.
-/// EMFILE, ENOMEM and the like while preparing.
+/// parent_death_signal that is not a signal, a stdio::fd with a negative descriptor; EBADF for
+/// a stdio::fd that is not open; ENOTSUP for a parent_death_signal where the system has none;
+/// kin::errc::sigchld_ignored when SIGCHLD is ignored (SIG_IGN or SA_NOCLDWAIT), because the
+/// kernel would then reap the child and its status be lost. EMFILE, ENOMEM and the like while
+/// preparing.
 KIN_API result<process, spawn_error> spawn(loop& l, const spawn_options& options);
 
 // ---------------------------------------------------------------------------------------------

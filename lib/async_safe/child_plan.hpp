@@ -14,11 +14,11 @@ enum class child_step : int {
   setgroups,
   setgid,
   setuid,
-  parent_death,
   chdir,
   open,
   dup2,
   exec,
+  parent_death,
 };
 
 /// What a failing child writes to the report descriptor before _exit(127). `index` is the

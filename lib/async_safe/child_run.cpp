@@ -105,7 +105,8 @@ long raw_setuid(uid_t uid) noexcept {
 
 // Asks for `sig` when the parent dies, then checks that the parent is still the one that
 // spawned this child: if it died first (the child was already handed to a reaper), the signal
-// is raised now, as the kernel would have sent it. kill(getpid()) and not raise(): in a child
+// is raised now, as the kernel would have sent it (a signal whose default is to be ignored or
+// to stop then does that, as it would have). kill(getpid()) and not raise(): in a child
 // sharing the parent's memory, the C library's idea of the current thread is the parent's.
 void set_parent_death_signal(int sig, pid_t parent, int report_fd) noexcept {
 #if defined(__linux__)
@@ -119,7 +120,10 @@ void set_parent_death_signal(int sig, pid_t parent, int report_fd) noexcept {
 #else
   fail(report_fd, child_step::parent_death, ENOTSUP, -1);
 #endif
-  if (::getppid() != parent) ::kill(::getpid(), sig);
+  // 0: the parent lives in a pid namespace this child cannot see (it setns()'d into another
+  // one) — not gone.
+  const pid_t now = ::getppid();
+  if (now != parent && now != 0) ::kill(::getpid(), sig);
 }
 
 // Applies the fd actions and returns the report descriptor's (possibly new) number.

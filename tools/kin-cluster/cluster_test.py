@@ -920,6 +920,27 @@ def check_activation(ctx):
     status = c.wait(10)
     c.expect(status == -signal.SIGKILL, f"exit status {status} after SIGKILL")
     c.no_child_left()
+    # kin workers are not signalled: they see their channel end and finish the request in
+    # flight before they go.
+    c = ctx.cluster("--mode", "shared", "--workers", "1", "--listen", "127.0.0.1:0")
+    first_generation(c, 1)
+    s = connect(c.port)
+    try:
+        s.sendall(REQUEST[:10])
+        c.wait_status(lambda st: st.total == 1, "the half-sent request's connection counted")
+        c.track()
+        c.send(signal.SIGKILL)
+        # Not c.wait(): the worker holds kin-cluster's stdout and stderr until it exits.
+        status = c.proc.wait(timeout=10)
+        c.expect(status == -signal.SIGKILL, f"exit status {status} after SIGKILL")
+        s.sendall(REQUEST[10:])
+        pid = parse_response(read_to_end(s))
+        c.expect(pid in c.pids, f"answered by {pid}, workers {c.pids}")
+    except (ClientError, OSError) as e:
+        c.fail(f"the request in flight when kin-cluster was killed: {e}")
+    finally:
+        s.close()
+    c.no_child_left()
 
     # kin-cluster socket-activated itself: fd 3 is its listener. Both with kin workers
     # (round-robin), and passing it on to activation workers (shared).

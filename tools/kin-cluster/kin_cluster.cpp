@@ -197,6 +197,12 @@ int main(int argc, char** argv) {
   // Each worker leads its own process group: Ctrl-C in a terminal reaches kin-cluster alone,
   // which then stops the workers in order (they would otherwise die of it at once).
   o.spawn.process_group = 0;
+#if defined(__linux__) || defined(__FreeBSD__)
+  // An activation worker has no channel whose end would tell it that kin-cluster died (kin
+  // and Node workers have, and a kin worker then finishes its connections): the kernel sends
+  // it SIGTERM instead.
+  if (activation) o.spawn.parent_death_signal = SIGTERM;
+#endif
   // A closed stdout (kin-cluster | head) must not kill the supervisor.
   std::signal(SIGPIPE, SIG_IGN);
 
