@@ -61,8 +61,7 @@ result<fd_kind> detect_fd_kind(int fd) noexcept {
   // with ENOTSOCK for anything else, which fstat then tells apart — one system call fewer per
   // socket than starting with fstat.
   int type = 0;
-  socklen_t len = sizeof type;
-  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) return detail::socket_kind(fd, type);
+  if (detail::int_option(fd, SO_TYPE, type)) return detail::socket_kind(fd, type);
   if (errno != ENOTSOCK) return fail(sys::last_error());
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(sys::last_error());

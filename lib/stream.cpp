@@ -679,17 +679,17 @@ bool stream::write(std::vector<std::byte>&& data, write_callback cb) {
 }
 
 bool stream::write(std::span<const std::byte> data, std::vector<unique_fd> fds, write_callback cb) {
-  if (!unix_socket_ || data.empty() || fds.empty() || fds.size() > max_fds_per_write) {
-    fds.clear();
+  if (fds.empty()) {
     refuse(std::move(cb), errno_code(EINVAL));
     return state_ == nullptr || !state_->above_high;
   }
-  return enqueue({}, data, nullptr, std::move(fds), std::move(cb));
+  return detail::stream_gather::write(*this, data, {}, std::move(fds), std::move(cb));
 }
 
 bool detail::stream_gather::write(stream& s, std::span<const std::byte> head,
                                   std::span<const std::byte> body, std::vector<unique_fd> fds,
                                   stream::write_callback cb) {
+  // The checks of stream::write with descriptors: they ride on head's first byte.
   if (!fds.empty() && (!s.unix_socket_ || head.empty() || fds.size() > max_fds_per_write)) {
     fds.clear();
     s.refuse(std::move(cb), errno_code(EINVAL));
