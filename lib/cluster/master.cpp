@@ -347,12 +347,13 @@ void cluster_master_impl::exited(int id, std::error_code ec, int status, int sig
   const auto lived = loop_.now() - w->started_at;
   if (w->chan && w->chan->is_open() && !w->in_flight.empty()) {
     // Its last messages (a took for what it was handed) may still be unread: the channel is
-    // read to its end before what is still in flight goes to the others (or after a second,
-    // if something else holds the channel's other end).
+    // read to its end before what is still in flight goes to the others (or after 5 s, if
+    // something else holds the channel's other end; 1 s was too short for a descendant's
+    // took on a loaded machine, and the connection then went to two workers).
     worker_rec& d = *w;
     departed.emplace(id, std::move(w));
     d.grace.set_callback([this, id] { forget_departed(id); });
-    (void)d.grace.start(std::chrono::seconds(1));
+    (void)d.grace.start(std::chrono::seconds(5));
   } else {
     requeue(*w);
     w.reset();
