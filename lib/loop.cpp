@@ -20,12 +20,6 @@ loop_impl::~loop_impl() {
   KIN_ASSERT(holds_.load() == 0, "kin::loop destroyed while a kin::keep_alive still holds it");
 }
 
-void loop_impl::update_time() noexcept {
-  now_ns_ = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                           std::chrono::steady_clock::now().time_since_epoch())
-                                           .count());
-}
-
 void loop_impl::post(std::function<void()> fn) {
   bool was_empty;
   {
@@ -39,8 +33,7 @@ void loop_impl::post(std::function<void()> fn) {
   if (was_empty) backend_.wakeup();
 }
 
-void loop_impl::run_posted() noexcept {
-  if (!posts_pending_.load(std::memory_order_acquire)) return;
+void loop_impl::run_posted_now() noexcept {
   {
     std::lock_guard lock(post_mutex_);
     running_posts_.swap(posted_);
@@ -99,8 +92,7 @@ bool loop_impl::run(run_mode mode) {
     if (stop_requested_.exchange(false, std::memory_order_acq_rel)) break;
     run_deferred();
     if (!is_alive()) break;
-    backend_.poll(poll_timeout(mode), *this);
-    update_time();
+    backend_.poll(poll_timeout(mode), *this);  // updates the time
     run_posted();
     run_timers();
     if (mode != run_mode::until_done) break;
@@ -155,8 +147,7 @@ handle::~handle() {
   loop_->detach();
 }
 
-void handle::set_active(bool active) noexcept {
-  if (active_ == active) return;
+void handle::change_active(bool active) noexcept {
   active_ = active;
   if (ref_) loop_->add_active_ref(active ? 1 : -1);
 }

@@ -29,8 +29,9 @@ class backend {
   /// Stops reporting `fd`. A descriptor already closed is not an error.
   void remove(int fd, io_events old_events) noexcept;
 
-  /// Waits up to `timeout_ms` (-1: no limit) and hands every ready event to
-  /// `owner.dispatch_io(token, events)`, and a wakeup to `owner.on_wakeup()`.
+  /// Waits up to `timeout_ms` (-1: no limit), updates the loop's time (owner.update_time()),
+  /// then hands every ready event to `owner.dispatch_io(token, events)`, and a wakeup to
+  /// `owner.on_wakeup()`.
   void poll(int timeout_ms, loop_impl& owner) noexcept;
 
   /// Makes a concurrent or the next poll() return. Callable from any thread.

@@ -9,6 +9,7 @@
 #include "timer_heap.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -16,6 +17,8 @@
 #include <mutex>
 #include <span>
 #include <vector>
+
+#include <time.h>
 
 namespace kin::detail {
 
@@ -64,7 +67,19 @@ class loop_impl {
     return active_refs_ != 0 || holds_.load(std::memory_order_acquire) != 0 ||
            posts_pending_.load(std::memory_order_acquire);
   }
-  void update_time() noexcept;
+  void update_time() noexcept {
+#if defined(__linux__)
+    // What steady_clock::now() reads, without the call through libstdc++: once per iteration.
+    timespec ts;
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    now_ns_ = static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
+              static_cast<std::uint64_t>(ts.tv_nsec);
+#else
+    now_ns_ = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                             std::chrono::steady_clock::now().time_since_epoch())
+                                             .count());
+#endif
+  }
   [[nodiscard]] std::uint64_t now_ns() const noexcept { return now_ns_; }
 
   // Handle accounting (handle's constructor, destructor, set_active, ref, unref).
@@ -126,8 +141,14 @@ class loop_impl {
     return (std::uint64_t{slots_[index].generation} << 32) | index;
   }
   int poll_timeout(run_mode mode) const noexcept;
-  void run_timers() noexcept;
-  void run_posted() noexcept;
+  void run_timers() noexcept {
+    if (!timers_.empty()) run_due_timers();
+  }
+  void run_due_timers() noexcept;
+  void run_posted() noexcept {
+    if (posts_pending_.load(std::memory_order_acquire)) run_posted_now();
+  }
+  void run_posted_now() noexcept;
   void run_deferred() noexcept;
 
   backend backend_;

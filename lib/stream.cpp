@@ -8,13 +8,15 @@
 #include "posix/sys.hpp"
 #include "stream_gather.hpp"
 #include "stream_opener.hpp"
+#include "stream_queue.hpp"
 
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
-#include <deque>
+#include <memory>
+#include <new>
 
 #include <limits.h>
 #include <pthread.h>
@@ -32,6 +34,8 @@ constexpr int reads_per_event = 32;           // then let other watchers have th
 constexpr std::size_t coalesce_below = 4096;  // small writes are copied into the queue's tail
 constexpr std::size_t coalesce_limit = 64 * 1024;
 constexpr int max_iov = IOV_MAX < 1024 ? IOV_MAX : 1024;
+// Buffers one write gathers from the stack; more (a deep queue) use a heap array kept for that.
+constexpr std::size_t stack_iov = 8;
 
 // Queued writes with descriptors whose first bytes lie within this many bytes of each other
 // share one sendmsg (up to max_fds_per_write descriptors), each write's descriptors still on the
@@ -60,6 +64,10 @@ constexpr std::size_t ancillary_room = CMSG_SPACE(256);
 // read. Older headers lack the name.
 constexpr int scm_pidfd = 4;
 #endif
+
+// Success, built once: a default std::error_code calls into libstdc++ for its category, and the
+// read and flush paths would pay that per message.
+const std::error_code no_error{};
 
 // True for a control message whose payload is descriptors the kernel installed in this process.
 bool carries_descriptors(const cmsghdr& c) noexcept {
@@ -97,36 +105,6 @@ class sigpipe_guard {
 
 }  // namespace
 
-// The descriptors of one write, and where in its request that write's first byte is.
-struct fd_group {
-  std::size_t at;
-  std::vector<unique_fd> fds;  // closed once the byte at `at` is sent
-};
-
-struct write_req {
-  std::vector<std::byte> data;
-  std::size_t sent = 0;
-  // Descriptors of the writes coalesced into this request, in byte order. Every sendmsg stops
-  // short of the next group's byte, so each group rides on the first byte of its own write.
-  std::vector<fd_group> groups;
-  std::size_t next_group = 0;  // the groups before it are sent
-  // Callbacks of the writes coalesced into this request, with the end of each write's bytes.
-  // A write refused at once (see refuse()) has an entry with its error, so that its callback
-  // still comes in order.
-  struct entry {
-    std::size_t end;
-    stream::write_callback cb;
-    std::error_code refused;
-  };
-  std::vector<entry> callbacks;
-
-  // The group whose byte is the next to send, if any.
-  [[nodiscard]] fd_group* carried() noexcept {
-    return next_group < groups.size() && groups[next_group].at == sent ? &groups[next_group]
-                                                                       : nullptr;
-  }
-};
-
 struct stream_state {
   stream_state(stream& s, loop_impl& l, int fd)
       : owner(s),
@@ -154,9 +132,12 @@ struct stream_state {
       connect_done(err == 0 ? std::error_code() : errno_code(err));
       return;
     }
-    call_guard guard(destroyed);
-    if (has(ev, io_events::writable)) flush();
-    if (!guard.gone && has(ev, io_events::readable) && owner.reading_) read_some();
+    if (has(ev, io_events::writable)) {
+      call_guard guard(destroyed);
+      flush();
+      if (guard.gone) return;
+    }
+    if (has(ev, io_events::readable) && owner.reading_) read_some();
   }
 
   loop_impl& impl() noexcept { return owner.loop_impl(); }
@@ -205,10 +186,9 @@ struct stream_state {
   // Sends from the front of the queue up to the next descriptors that cannot ride on this
   // sendmsg, carrying those whose write's first byte it sends: the front's next byte's, and (see
   // fd_batch_bytes) those of the writes that follow within a small span. `carried` is set to
-  // the number of groups whose descriptors this sendmsg carries.
-  result<std::size_t> send_front(std::size_t& carried) noexcept {
-    iovec iov[max_iov];
-    int count = 0;
+  // the number of groups whose descriptors this sendmsg carries, `offered` to the number of
+  // bytes it offers the kernel.
+  result<std::size_t> send_front(std::size_t& carried, std::size_t& offered) noexcept {
     write_req& first = queue.front();
     carried = 0;
     if (first.carried() != nullptr) {
@@ -228,71 +208,98 @@ struct stream_state {
         const std::size_t end =
             std::min(after < first.groups.size() ? first.groups[after].at : first.data.size(),
                      start + fd_batch_bytes);
-        iov[0].iov_base = first.data.data() + start;
-        iov[0].iov_len = end - start;
-        return write_vectored(iov, 1, std::span(first.groups).subspan(first.next_group, carried));
+        iovec iov{first.data.data() + start, end - start};
+        offered = end - start;
+        return send_fds(&iov, 1, std::span(first.groups).subspan(first.next_group, carried));
       }
     }
-    for (write_req& req : queue) {
-      if (count == max_iov) break;
+    iovec stack[stack_iov];
+    iovec* iov = stack;
+    std::size_t room = stack_iov;
+    if (queue.size() > stack_iov) {
+      if (!iov_heap) iov_heap.reset(new (std::nothrow) iovec[max_iov]);
+      if (iov_heap) {
+        iov = iov_heap.get();
+        room = max_iov;
+      }
+    }
+    const std::size_t reqs = std::min(queue.size(), room);
+    int count = 0;
+    for (std::size_t i = 0; i < reqs; ++i) {
+      write_req& req = queue[i];
       const std::size_t start = req.sent;  // a queued copy may begin with unsent padding
-      const std::size_t group = req.next_group + (&req == &first ? carried : 0);
+      const std::size_t group = req.next_group + (i == 0 ? carried : 0);
       const std::size_t end = group < req.groups.size() ? req.groups[group].at : req.data.size();
       if (end > start) {
         iov[count].iov_base = req.data.data() + start;
         iov[count].iov_len = end - start;
+        offered += end - start;
         ++count;
       }
       if (end < req.data.size()) break;
     }
-    return write_vectored(iov, count, std::span(first.groups).subspan(first.next_group, carried));
+    if (carried != 0) {
+      return send_fds(iov, count, std::span(first.groups).subspan(first.next_group, carried));
+    }
+    return write_vectored(iov, count);
   }
 
-  // One write of `count` buffers, with the descriptors of `passing` (if any) on its first
-  // byte: sendmsg(MSG_NOSIGNAL) on a socket, writev with SIGPIPE held off on a pipe.
-  result<std::size_t> write_vectored(iovec* iov, int count,
-                                     std::span<const fd_group> passing) noexcept {
-    if (!owner.socket_) {
-      sigpipe_guard guard;
-      ssize_t n = sys::retry([&] { return ::writev(owner.fd_.get(), iov, count); });
-      if (n < 0) {
-        const int err = errno;
-        if (err == EPIPE) guard.consume();
-        return fail(errno_code(err));
-      }
-      return static_cast<std::size_t>(n);
-    }
-    if (count == 1 && passing.empty()) {
-      // One buffer and no descriptors: send(2) spares the kernel copying in a msghdr.
-      const ssize_t n = sys::retry(
+  // One write of `count` buffers: send or sendmsg(MSG_NOSIGNAL) on a socket, writev with
+  // SIGPIPE held off on a pipe.
+  result<std::size_t> write_vectored(iovec* iov, int count) noexcept {
+    if (!owner.socket_) return write_pipe(iov, count);
+    ssize_t n;
+    if (count == 1) {
+      // One buffer: send(2) spares the kernel copying in a msghdr.
+      n = sys::retry(
           [&] { return ::send(owner.fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL); });
-      if (n < 0) return fail(sys::last_error());
-      return static_cast<std::size_t>(n);
+    } else {
+      msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
+      n = sys::retry([&] { return ::sendmsg(owner.fd_.get(), &msg, MSG_NOSIGNAL); });
     }
+    if (n < 0) return fail(sys::last_error());
+    return static_cast<std::size_t>(n);
+  }
+
+  [[gnu::noinline]] result<std::size_t> write_pipe(iovec* iov, int count) noexcept {
+    sigpipe_guard guard;
+    ssize_t n = sys::retry([&] { return ::writev(owner.fd_.get(), iov, count); });
+    if (n < 0) {
+      const int err = errno;
+      if (err == EPIPE) guard.consume();
+      return fail(errno_code(err));
+    }
+    return static_cast<std::size_t>(n);
+  }
+
+  // write_vectored() with the descriptors of `passing` on the first byte (a Unix-domain socket).
+  [[gnu::noinline]] result<std::size_t> send_fds(iovec* iov, int count,
+                                                 std::span<const fd_group> passing) noexcept {
+    if (passing.empty()) return write_vectored(iov, count);
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_write)];
-    if (!passing.empty()) {
-      std::size_t total = 0;
-      for (const fd_group& g : passing) total += g.fds.size();
-      KIN_ASSERT(total <= max_fds_per_write, "kin::stream: too many descriptors on one sendmsg");
-      const std::size_t bytes = sizeof(int) * total;
-      std::memset(control, 0, CMSG_SPACE(bytes));
-      msg.msg_control = control;
-      msg.msg_controllen = CMSG_SPACE(bytes);
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      if (c == nullptr) return fail(errno_code(EINVAL));  // cannot happen: the buffer fits
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(bytes);
-      unsigned char* out = CMSG_DATA(c);
-      for (const fd_group& g : passing) {
-        for (const unique_fd& fd : g.fds) {
-          const int raw = fd.get();
-          std::memcpy(out, &raw, sizeof raw);
-          out += sizeof raw;
-        }
+    std::size_t total = 0;
+    for (const fd_group& g : passing) total += g.fds.size();
+    KIN_ASSERT(total <= max_fds_per_write, "kin::stream: too many descriptors on one sendmsg");
+    const std::size_t bytes = sizeof(int) * total;
+    std::memset(control, 0, CMSG_SPACE(bytes));
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(bytes);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    if (c == nullptr) return fail(errno_code(EINVAL));  // cannot happen: the buffer fits
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(bytes);
+    unsigned char* out = CMSG_DATA(c);
+    for (const fd_group& g : passing) {
+      for (const unique_fd& fd : g.fds) {
+        const int raw = fd.get();
+        std::memcpy(out, &raw, sizeof raw);
+        out += sizeof raw;
       }
     }
     return sys::sendmsg(owner.fd_.get(), &msg, MSG_NOSIGNAL);
@@ -300,19 +307,24 @@ struct stream_state {
 
   void flush() noexcept {
     if (connecting) return;  // connect_done() flushes
+    if (completed.empty() && queue.size() == 1 && is_plain(queue.front()) && owner.socket_) {
+      flush_plain();
+      return;
+    }
     // Writes that went straight out (see enqueue) complete first: they were made first.
-    std::vector<completion> done = std::move(completed);
-    completed.clear();
-    std::error_code failed;
+    std::vector<completion> done;
+    if (!completed.empty()) done.swap(completed);
+    int failed = 0;  // an errno: sys:: reports nothing else
     while (!queue.empty()) {
       std::size_t carried = 0;
-      auto n = send_front(carried);
+      std::size_t offered = 0;
+      auto n = send_front(carried, offered);
       if (!n) {
-        const int err = n.error().value();  // an errno: sys:: reports nothing else
+        const int err = n.error().value();
         if (err == EAGAIN || err == EWOULDBLOCK) {
           want_writable = true;
         } else {
-          failed = n.error();
+          failed = err;
         }
         break;
       }
@@ -324,35 +336,84 @@ struct stream_state {
       }
       std::size_t left = *n;
       queued_bytes -= left;
-      while (left > 0 || (!queue.empty() && queue.front().sent == queue.front().data.size())) {
+      // Ends the requests the bytes sent complete (and any that had none left to send).
+      while (!queue.empty()) {
         write_req& req = queue.front();
         const std::size_t take = std::min(left, req.data.size() - req.sent);
         req.sent += take;
         left -= take;
-        auto it = req.callbacks.begin();
-        while (it != req.callbacks.end() && it->end <= req.sent) {
-          if (it->cb) done.emplace_back(std::move(it->cb), it->refused);
-          ++it;
+        if (!req.callbacks.empty()) {
+          auto it = req.callbacks.begin();
+          while (it != req.callbacks.end() && it->end <= req.sent) {
+            if (it->cb) done.emplace_back(std::move(it->cb), it->refused);
+            ++it;
+          }
+          req.callbacks.erase(req.callbacks.begin(), it);
         }
-        req.callbacks.erase(req.callbacks.begin(), it);
         if (req.sent < req.data.size()) break;
-        keep_spare(req.data);
         queue.pop_front();
       }
-      if (!done.empty()) break;  // run callbacks before writing more: they may close
+      // The kernel took part of what it was offered: its buffer is full, wait until it is not.
+      if (*n < offered) want_writable = true;
+      if (!done.empty() || want_writable) break;  // callbacks first: they may close
     }
-    if (failed) {
+    if (failed != 0) {
       if (!complete_in_order(destroyed, impl(), done)) return;
-      fail_all(failed);
+      fail_all(errno_code(failed));
       return;
     }
+    const bool drained = settle();
+    if (!done.empty() && !complete_in_order(destroyed, impl(), done)) return;
+    after_flush(drained);
+  }
+
+  // A request of bytes alone: no descriptors ride on it, no callback waits for it.
+  static bool is_plain(const write_req& r) noexcept {
+    return r.groups.empty() && r.callbacks.empty();
+  }
+
+  // flush() of one plain request on a socket, the flush of a stream that writes one batch of
+  // small writes per iteration (a request-response protocol): one send(), and none of the
+  // bookkeeping of callbacks and descriptors.
+  void flush_plain() noexcept {
+    write_req& r = queue.front();
+    const std::size_t len = r.data.size() - r.sent;
+    const ssize_t n = sys::retry(
+        [&] { return ::send(owner.fd_.get(), r.data.data() + r.sent, len, MSG_NOSIGNAL); });
+    if (n < 0) {
+      const int err = errno;
+      if (err != EAGAIN && err != EWOULDBLOCK) {
+        fail_all(errno_code(err));
+        return;
+      }
+      want_writable = true;
+    } else {
+      const auto took = static_cast<std::size_t>(n);
+      queued_bytes -= took;
+      if (took == len) {
+        queue.pop_front();
+      } else {
+        r.sent += took;
+        want_writable = true;  // the kernel's buffer is full
+      }
+    }
+    after_flush(settle());
+  }
+
+  // After sending: the interest and activity that follow from what is left queued. Returns
+  // whether the queue just fell to the low water mark.
+  bool settle() noexcept {
     if (queue.empty()) want_writable = false;
     const bool drained = above_high && queued_bytes <= owner.low_mark_;
     if (drained) above_high = false;
     update();
-    if (!complete_in_order(destroyed, impl(), done)) return;
-    call_guard guard(destroyed);
+    return drained;
+  }
+
+  // The end of a flush whose callbacks have run: on_drain, then more flushing or the shutdown.
+  void after_flush(bool drained) noexcept {
     if (drained && owner.drain_cb_) {
+      call_guard guard(destroyed);
       // Held here while it runs: it may replace itself with on_drain().
       auto cb = std::move(owner.drain_cb_);
       owner.drain_cb_ = nullptr;
@@ -365,24 +426,6 @@ struct stream_state {
     } else if (shutdown_requested && owner.fd_.is_open()) {
       do_shutdown();
     }
-  }
-
-  // Keeps a sent request's buffer for the next tail, sparing an allocation per batch.
-  void keep_spare(std::vector<std::byte>& data) noexcept {
-    if (data.capacity() > coalesce_limit || data.capacity() <= spare.capacity()) return;
-    data.clear();
-    spare.swap(data);
-  }
-
-  // A buffer for a new tail request: the spare one if there is one.
-  std::vector<std::byte> take_buffer() {
-    std::vector<std::byte> b;
-    if (spare.capacity() != 0) {
-      b.swap(spare);
-    } else {
-      b.reserve(coalesce_below);
-    }
-    return b;
   }
 
   void do_shutdown() noexcept {
@@ -403,7 +446,7 @@ struct stream_state {
 
   // Fails every queued write (and a pending shutdown) with `ec`, then calls `last` with it.
   void fail_all(std::error_code ec, stream::write_callback last = {}) noexcept {
-    std::deque<write_req> failed;
+    write_queue failed;
     failed.swap(queue);
     queued_bytes = 0;
     want_writable = false;
@@ -414,8 +457,10 @@ struct stream_state {
     update();
     std::vector<completion> done = std::move(completed);  // they came first
     completed.clear();
-    for (write_req& req : failed) {
-      for (auto& e : req.callbacks) done.emplace_back(std::move(e.cb), e.refused ? e.refused : ec);
+    for (std::size_t i = 0; i < failed.size(); ++i) {
+      for (auto& e : failed[i].callbacks) {
+        done.emplace_back(std::move(e.cb), e.refused ? e.refused : ec);
+      }
     }
     if (had_shutdown) done.emplace_back(std::move(shutdown_done), ec);
     done.emplace_back(std::move(last), ec);
@@ -500,7 +545,7 @@ struct stream_state {
       // which must not destroy the function that is running.
       auto cb = std::move(owner.read_cb_);
       owner.read_cb_ = nullptr;
-      cb(truncated ? make_error_code(errc::message_truncated) : std::error_code(),
+      cb(truncated ? make_error_code(errc::message_truncated) : no_error,
          std::span<const std::byte>(read_buf.data(), got), std::span(fds));
       if (guard.gone) return false;
       if (owner.reading_ && !owner.read_cb_) owner.read_cb_ = std::move(cb);
@@ -516,7 +561,7 @@ struct stream_state {
   io_watcher watcher;
   deferred_task flush_task;
   deferred_task connect_task;  // reports a connect that ended at once
-  std::deque<write_req> queue;
+  write_queue queue;
   std::size_t queued_bytes = 0;
   bool above_high = false;
   bool want_writable = false;  // a write hit EAGAIN: wait for the kernel, not the next round
@@ -529,8 +574,8 @@ struct stream_state {
   std::error_code connect_error;
   std::error_code write_error;  // once set, later writes fail with it
   std::error_code pending_error;
-  call_guard* destroyed = nullptr;  // the innermost frame that is calling user code
-  std::vector<std::byte> spare;     // a sent request's buffer, for the next tail
+  call_guard* destroyed = nullptr;    // the innermost frame that is calling user code
+  std::unique_ptr<iovec[]> iov_heap;  // send_front's buffers when the queue is deep
   // Outcomes of writes that went straight out, or were refused while nothing was queued.
   std::vector<completion> completed;
   std::vector<unique_fd> received;  // room for the descriptors of a read, between reads
@@ -699,7 +744,8 @@ bool detail::stream_gather::write(stream& s, std::span<const std::byte> head,
 }
 
 bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte> data,
-                     std::vector<std::byte>* owned, std::vector<unique_fd> fds, write_callback cb) {
+                     std::vector<std::byte>* owned, std::vector<unique_fd>&& fds,
+                     write_callback&& cb) {
   KIN_ASSERT(state_ != nullptr, "kin::stream::write on a stream that was never opened");
   KIN_ASSERT(owned == nullptr || head.empty(), "kin::stream: an owned write with a head");
   detail::stream_state& s = *state_;
@@ -723,16 +769,15 @@ bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte>
     if (h != 0) iov[count++] = {const_cast<std::byte*>(head.data()), h};
     if (!data.empty()) iov[count++] = {const_cast<std::byte*>(data.data()), data.size()};
     detail::fd_group passing{0, std::move(fds)};
-    auto r = s.write_vectored(
-        iov, count,
-        passing.fds.empty() ? std::span<const detail::fd_group>() : std::span(&passing, 1));
+    auto r = passing.fds.empty() ? s.write_vectored(iov, count)
+                                 : s.send_fds(iov, count, std::span(&passing, 1));
     fds = std::move(passing.fds);
     if (r) {
       fds.clear();  // they went with the first byte
       sent = *r;
       if (sent == n) {
         if (cb) {
-          s.completed.emplace_back(std::move(cb), std::error_code());
+          s.completed.emplace_back(std::move(cb), detail::no_error);
           s.schedule_flush();
         }
         return !s.above_high;
@@ -744,9 +789,8 @@ bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte>
   if (small) {
     // Small writes are copied once, into the tail of the queue, to leave in one system call.
     if (tail == nullptr || tail->data.size() + n > detail::coalesce_limit) {
-      s.queue.emplace_back();
-      tail = &s.queue.back();
-      tail->data = s.take_buffer();
+      tail = &s.queue.push_back();
+      s.queue.give_buffer(*tail, detail::coalesce_below);
     }
     if (!fds.empty()) tail->groups.push_back({tail->data.size(), std::move(fds)});
     if (sent < h) {
@@ -759,7 +803,7 @@ bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte>
     if (cb) tail->callbacks.push_back({tail->data.size(), std::move(cb), {}});
   } else {
     // A large write starts a request of its own, and is not copied if it came as a vector.
-    detail::write_req req;
+    detail::write_req& req = s.queue.push_back();
     if (owned != nullptr) {
       req.data = std::move(*owned);
       req.sent = sent;
@@ -783,7 +827,6 @@ bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte>
     }
     if (!fds.empty()) req.groups.push_back({req.sent, std::move(fds)});
     if (cb) req.callbacks.push_back({req.data.size(), std::move(cb), {}});
-    s.queue.push_back(std::move(req));
   }
   s.queued_bytes += n - sent;
   if (s.queued_bytes > high_mark_) s.above_high = true;
@@ -795,7 +838,7 @@ result<std::size_t> stream::try_write(std::span<const std::byte> data) noexcept 
   if (!fd_.is_open() || !state_ || state_->shut) return fail(errno_code(EPIPE));
   if (!state_->queue.empty() || state_->connecting) return fail(errno_code(EAGAIN));
   iovec iov{const_cast<std::byte*>(data.data()), data.size()};
-  return state_->write_vectored(&iov, 1, std::span<const detail::fd_group>());
+  return state_->write_vectored(&iov, 1);
 }
 
 void stream::shutdown(write_callback cb) {
@@ -826,8 +869,8 @@ void stream::close(std::function<void()> cb) {
     loop_impl().cancel(s.flush_task);
     loop_impl().cancel(s.connect_task);
     s.watcher.stop();
-    for (auto& req : s.queue) {
-      for (auto& e : req.callbacks) {
+    for (std::size_t i = 0; i < s.queue.size(); ++i) {
+      for (auto& e : s.queue[i].callbacks) {
         if (e.cb) done.emplace_back(std::move(e.cb), e.refused ? e.refused : cancelled);
       }
     }

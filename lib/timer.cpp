@@ -85,7 +85,7 @@ void loop_impl::timer_stop(timer& t) noexcept {
   t.set_active(false);
 }
 
-void loop_impl::run_timers() noexcept {
+void loop_impl::run_due_timers() noexcept {
   // Timers started by the callbacks below carry a sequence number >= limit: they wait for the
   // next iteration even when already due, so a zero-timeout timer cannot starve the loop.
   const std::uint64_t limit = timer_seq_;

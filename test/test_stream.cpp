@@ -997,3 +997,48 @@ TEST_CASE("a write refused at once completes in order with the writes around it"
   CHECK(order[5] == std::pair('s', std::error_code()));  // the shutdown ends the stream
   CHECK(got.data == "ac");
 }
+
+TEST_CASE("a stream that reuses its queue's buffers sends each byte once", "[stream]") {
+  // The queue keeps the buffer of its last request for the next small writes, hands larger
+  // ones back, and gives back a ring that a deep queue made large: none of that may resend or
+  // lose a byte.
+  kin::loop l;
+  connected_streams pair(l);
+  const int small_buffer = 8192;
+  REQUIRE(::setsockopt(pair.writer.fd(), SOL_SOCKET, SO_SNDBUF, &small_buffer,
+                       sizeof small_buffer) == 0);
+  collector got;
+  REQUIRE(pair.reader.read_start(got.callback()));
+  std::string expected;
+  auto write = [&](const std::string& s, kin::stream::write_callback cb = {}) {
+    expected += s;
+    pair.writer.write(s, std::move(cb));
+  };
+  int step = 0;
+  // 1. One large write, most of it queued as one request larger than the kept buffer.
+  write(pattern(300'000, 1), [&](std::error_code ec) {
+    CHECK(!ec);
+    ++step;
+    // 2. Small writes into a fresh tail, then (on a later iteration) more into the kept one.
+    write("after-large|");
+    write("second|", [&](std::error_code ec2) {
+      CHECK(!ec2);
+      ++step;
+      write("kept-buffer|");
+      // 3. A queue deeper than the ring keeps, of writes large enough to be requests each.
+      for (int i = 0; i < 100; ++i) write(pattern(5000, static_cast<std::size_t>(i)));
+      write("deep|", [&](std::error_code ec3) {
+        CHECK(!ec3);
+        ++step;
+        // 4. Small writes after the deep queue was given back.
+        write("end");
+        pair.writer.shutdown();
+      });
+    });
+  });
+  l.run();
+  CHECK(step == 3);
+  CHECK(got.end == kin::errc::eof);
+  CHECK(got.data.size() == expected.size());
+  CHECK(got.data == expected);
+}

@@ -111,10 +111,13 @@ class KIN_API handle {
   explicit handle(loop& l) noexcept;
   explicit handle(detail::loop_impl& l) noexcept;
   ~handle();
-  void set_active(bool active) noexcept;
+  void set_active(bool active) noexcept {
+    if (active_ != active) change_active(active);
+  }
   [[nodiscard]] detail::loop_impl& loop_impl() const noexcept { return *loop_; }
 
  private:
+  void change_active(bool active) noexcept;
   detail::loop_impl* loop_;
   bool active_ = false;
   bool ref_ = true;

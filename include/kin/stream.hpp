@@ -149,7 +149,7 @@ class KIN_API stream : public handle {
   // Queues `head` then `data` as one write; `owned` (with an empty head) is `data`'s vector,
   // taken instead of copied.
   bool enqueue(std::span<const std::byte> head, std::span<const std::byte> data,
-               std::vector<std::byte>* owned, std::vector<unique_fd> fds, write_callback cb);
+               std::vector<std::byte>* owned, std::vector<unique_fd>&& fds, write_callback&& cb);
   unique_fd fd_;
   bool socket_ = false;
   bool unix_socket_ = false;

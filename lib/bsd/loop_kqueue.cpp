@@ -97,8 +97,8 @@ void backend::poll(int timeout_ms, loop_impl& owner) noexcept {
   timespec ts{timeout_ms / 1000, static_cast<long>(timeout_ms % 1000) * 1'000'000};
   const int n =
       ::kevent(poll_fd_.get(), nullptr, 0, events, max_events, timeout_ms < 0 ? nullptr : &ts);
-  // The wait may have been long: callbacks that start timers count from now, not from before.
-  if (n > 0) owner.update_time();
+  // The wait may have been long: callbacks (and timers) count from now, not from before.
+  owner.update_time();
   for (int i = 0; i < n; ++i) {
     const auto token =
         static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(events[i].udata));

@@ -74,8 +74,8 @@ void backend::poll(int timeout_ms, loop_impl& owner) noexcept {
   epoll_event events[max_events];
   // EINTR (a signal arrived) just ends this wait: the loop recomputes its timeout.
   const int n = ::epoll_wait(poll_fd_.get(), events, max_events, timeout_ms);
-  // The wait may have been long: callbacks that start timers count from now, not from before.
-  if (n > 0) owner.update_time();
+  // The wait may have been long: callbacks (and timers) count from now, not from before.
+  owner.update_time();
   for (int i = 0; i < n; ++i) {
     if (events[i].data.u64 == wakeup_token) {
       owner.on_wakeup();
