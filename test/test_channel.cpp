@@ -531,6 +531,50 @@ TEST_CASE("a peer's bad frames close the channel with an error and every descrip
   CHECK(receiver.got.empty());
 }
 
+TEST_CASE("frames without descriptors cut across reads arrive exactly; a bad one after is an error",
+          "[channel]") {
+  // Whole frames without descriptors go from the read buffer straight to their message; a
+  // frame cut by a read, and one that is invalid, go through the decoder.
+  leak_guard leaks;
+  kin::loop l;
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  kin::channel_options o;
+  o.max_frame = 1000;
+  recording_channel receiver(l, o);
+  REQUIRE(receiver.ch.open(std::move(pair->second)));
+  kin::unique_fd peer = std::move(pair->first);
+  std::vector<std::byte> all;
+  std::vector<std::string> sent = {"alpha", "", std::string(1000, 'm'), "delta", "epsilon"};
+  for (const std::string& m : sent) {
+    const auto f = frame_bytes(m, 0);
+    all.insert(all.end(), f.begin(), f.end());
+  }
+  const auto bad = frame_bytes(std::string(1001, 'x'), 0);
+  all.insert(all.end(), bad.begin(), bad.end());
+  // Cuts: after two whole frames and 3 bytes of a header; inside the 1000-byte payload; after
+  // the rest of the frames and 5 bytes of the bad one's header.
+  const std::size_t header = native_frame::header_size;
+  const std::size_t first = header + 5 + header + 3;
+  const std::size_t second = first + (header - 3) + 400;
+  const std::size_t third = header * 5 + 5 + 1000 + 5 + 7 + 5;
+  std::size_t at = 0;
+  for (std::size_t cut : {first, second, third, all.size()}) {
+    raw_send(peer.get(),
+             std::vector<std::byte>(all.begin() + static_cast<std::ptrdiff_t>(at),
+                                    all.begin() + static_cast<std::ptrdiff_t>(cut)),
+             {});
+    at = cut;
+    if (receiver.ch.is_open()) l.run_once();  // the piece is there: one read takes it
+  }
+  REQUIRE(kin_test::run_all(l));
+  REQUIRE(receiver.got.size() == sent.size());
+  for (std::size_t i = 0; i < sent.size(); ++i) CHECK(receiver.got[i].message == sent[i]);
+  REQUIRE(receiver.errors.size() == 1);
+  CHECK(receiver.errors[0] == kin::errc::frame_too_large);
+  CHECK(receiver.disconnects == 1);
+}
+
 TEST_CASE("a peer that closes between frames is a disconnect without an error", "[channel]") {
   leak_guard leaks;
   kin::loop l;

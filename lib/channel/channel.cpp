@@ -87,6 +87,14 @@ result<void> channel::open(unique_fd fd) noexcept {
 void channel::receive(std::error_code ec, std::span<const std::byte> data,
                       std::span<unique_fd> fds) {
   detail::channel_state& s = *state_;
+  if (!ec) {  // first: comparing an error_code with a condition costs calls into its category
+    if (s.node) {
+      s.receive_node(data, fds);
+    } else {
+      receive_native(data, fds);
+    }
+    return;
+  }
   // A peer that closed with bytes of ours unread resets the connection: for a channel that is
   // the peer going away, as EOF is.
   if (ec == errc::eof || ec == std::errc::connection_reset) {
@@ -98,21 +106,24 @@ void channel::receive(std::error_code ec, std::span<const std::byte> data,
     closed_by_peer_or_error();
     return;
   }
-  if (ec) {
-    // MSG_CTRUNC arrives as message_truncated with what did arrive: the decoder never sees it,
-    // every descriptor is closed with the span.
-    deliver_error(ec);
-    return;
-  }
-  if (s.node) {
-    s.receive_node(data, fds);
-  } else {
-    receive_native(data, fds);
-  }
+  // MSG_CTRUNC arrives as message_truncated with what did arrive: the decoder never sees it,
+  // every descriptor is closed with the span.
+  deliver_error(ec);
 }
 
 void channel::receive_native(std::span<const std::byte> data, std::span<unique_fd> fds) {
   detail::channel_state& s = *state_;
+  if (fds.empty()) {
+    // Whole frames without descriptors go from the read buffer to their message; the rest
+    // (a partial frame, descriptors, anything invalid) goes through the decoder.
+    while (const std::size_t size = s.native->whole_plain_frame(data)) {
+      constexpr std::size_t header = detail::native_frame::header_size;
+      std::string message(reinterpret_cast<const char*>(data.data()) + header, size - header);
+      data = data.subspan(size);
+      if (!deliver(std::move(message), {}, false)) return;
+    }
+    if (data.empty()) return;
+  }
   auto fed = s.native->feed(data, fds);
   detail::call_guard guard(calling_);
   while (auto frame = s.native->next()) {

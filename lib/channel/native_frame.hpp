@@ -57,6 +57,27 @@ class native_decoder {
   result<void> finish() noexcept;
 
   /// Bytes held of the frame not yet complete.
+  /// For a decoder holding nothing (no partial frame, no descriptors, no frame not yet taken):
+  /// the size of the complete, valid frame without descriptors that `bytes` starts with, its
+  /// payload following the header; 0 when there is none (the bytes then go through feed(),
+  /// which also reports what is wrong with them). The fast path of a receiver whose reads
+  /// hold whole small frames: their payloads need not pass through the decoder's buffers.
+  [[nodiscard]] std::size_t whole_plain_frame(std::span<const std::byte> bytes) const noexcept {
+    if (header_have_ != 0 || payload_left_ || !fds_.empty() || !ready_.empty() || spoiled_ ||
+        bytes.size() < native_frame::header_size) {
+      return 0;
+    }
+    const auto* h = reinterpret_cast<const unsigned char*>(bytes.data());
+    const std::uint32_t length =
+        static_cast<std::uint32_t>(h[0]) | (static_cast<std::uint32_t>(h[1]) << 8) |
+        (static_cast<std::uint32_t>(h[2]) << 16) | (static_cast<std::uint32_t>(h[3]) << 24);
+    if ((h[4] | h[5] | h[6] | h[7]) != 0 || length > max_payload_ ||
+        bytes.size() - native_frame::header_size < length) {
+      return 0;
+    }
+    return native_frame::header_size + length;
+  }
+
   [[nodiscard]] std::size_t buffered() const noexcept {
     return header_have_ + (payload_left_ ? current_.payload.size() : 0);
   }
