@@ -92,7 +92,10 @@ bool loop_impl::run(run_mode mode) {
     if (stop_requested_.exchange(false, std::memory_order_acq_rel)) break;
     run_deferred();
     if (!is_alive()) break;
-    backend_.poll(poll_timeout(mode), *this);  // updates the time
+    backend_.poll(poll_timeout(mode), *this);  // updates the time, then runs I/O callbacks
+    // Those may have taken a while: timers, and functions that start timers, see the time after
+    // them. (A loop with neither reads the clock once per iteration.)
+    if (!timers_.empty() || posts_pending_.load(std::memory_order_relaxed)) update_time();
     run_posted();
     run_timers();
     if (mode != run_mode::until_done) break;

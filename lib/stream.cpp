@@ -66,8 +66,12 @@ constexpr int scm_pidfd = 4;
 #endif
 
 // Success, built once: a default std::error_code calls into libstdc++ for its category, and the
-// read and flush paths would pay that per message.
-const std::error_code no_error{};
+// read path would pay that per read. A function, so that it is ready even for a stream used
+// during another file's static initialisation.
+const std::error_code& no_error() noexcept {
+  static const std::error_code ok;
+  return ok;
+}
 
 // True for a control message whose payload is descriptors the kernel installed in this process.
 bool carries_descriptors(const cmsghdr& c) noexcept {
@@ -314,7 +318,8 @@ struct stream_state {
     // Writes that went straight out (see enqueue) complete first: they were made first.
     std::vector<completion> done;
     if (!completed.empty()) done.swap(completed);
-    int failed = 0;  // an errno: sys:: reports nothing else
+    int failed = 0;        // an errno: sys:: reports nothing else
+    bool blocked = false;  // the kernel's buffer is full: wait until it is writable
     while (!queue.empty()) {
       std::size_t carried = 0;
       std::size_t offered = 0;
@@ -322,7 +327,7 @@ struct stream_state {
       if (!n) {
         const int err = n.error().value();
         if (err == EAGAIN || err == EWOULDBLOCK) {
-          want_writable = true;
+          blocked = true;
         } else {
           failed = err;
         }
@@ -354,9 +359,10 @@ struct stream_state {
         queue.pop_front();
       }
       // The kernel took part of what it was offered: its buffer is full, wait until it is not.
-      if (*n < offered) want_writable = true;
-      if (!done.empty() || want_writable) break;  // callbacks first: they may close
+      if (*n < offered) blocked = true;
+      if (!done.empty() || blocked) break;  // callbacks first: they may close
     }
+    if (blocked) want_writable = true;
     if (failed != 0) {
       if (!complete_in_order(destroyed, impl(), done)) return;
       fail_all(errno_code(failed));
@@ -545,7 +551,7 @@ struct stream_state {
       // which must not destroy the function that is running.
       auto cb = std::move(owner.read_cb_);
       owner.read_cb_ = nullptr;
-      cb(truncated ? make_error_code(errc::message_truncated) : no_error,
+      cb(truncated ? make_error_code(errc::message_truncated) : no_error(),
          std::span<const std::byte>(read_buf.data(), got), std::span(fds));
       if (guard.gone) return false;
       if (owner.reading_ && !owner.read_cb_) owner.read_cb_ = std::move(cb);
@@ -777,7 +783,7 @@ bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte>
       sent = *r;
       if (sent == n) {
         if (cb) {
-          s.completed.emplace_back(std::move(cb), detail::no_error);
+          s.completed.emplace_back(std::move(cb), detail::no_error());
           s.schedule_flush();
         }
         return !s.above_high;
@@ -802,8 +808,10 @@ bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte>
                       data.end());
     if (cb) tail->callbacks.push_back({tail->data.size(), std::move(cb), {}});
   } else {
-    // A large write starts a request of its own, and is not copied if it came as a vector.
-    detail::write_req& req = s.queue.push_back();
+    // A large write starts a request of its own, and is not copied if it came as a vector. It
+    // is built aside and queued whole, so that an allocation that fails leaves the queue as it
+    // was.
+    detail::write_req req;
     if (owned != nullptr) {
       req.data = std::move(*owned);
       req.sent = sent;
@@ -827,6 +835,7 @@ bool stream::enqueue(std::span<const std::byte> head, std::span<const std::byte>
     }
     if (!fds.empty()) req.groups.push_back({req.sent, std::move(fds)});
     if (cb) req.callbacks.push_back({req.data.size(), std::move(cb), {}});
+    s.queue.push_back() = std::move(req);
   }
   s.queued_bytes += n - sent;
   if (s.queued_bytes > high_mark_) s.above_high = true;

@@ -46,11 +46,11 @@ struct write_req {
 class write_queue {
  public:
   // Requests with more bookkeeping than this give it back when they end.
-  static constexpr std::size_t kept_entries = 16;
+  static constexpr std::size_t kept_entries = 4;
   // The largest buffer kept for the next tail (the coalescing limit).
   static constexpr std::size_t kept_buffer = 64 * 1024;
   // The most slots kept by an empty ring.
-  static constexpr std::size_t kept_slots = 64;
+  static constexpr std::size_t kept_slots = 16;
 
   write_queue() = default;
   write_queue(const write_queue&) = delete;
@@ -114,7 +114,10 @@ class write_queue {
     if (room > kept_buffer) {
       std::vector<std::byte>().swap(r.data);
     } else if (keep_buffer) {
+      // One buffer kept per stream: the larger of this one and the spare.
+      if (spare_.capacity() > room) r.data.swap(spare_);
       r.data.clear();
+      if (spare_.capacity() != 0) std::vector<std::byte>().swap(spare_);
     } else if (room > spare_.capacity()) {
       r.data.clear();
       spare_.swap(r.data);

@@ -248,3 +248,29 @@ TEST_CASE("a timer started by an I/O callback after a long wait counts from the 
   writer.join();
   CHECK(fired - started >= 100ms);
 }
+
+TEST_CASE("a timer that falls due while I/O callbacks run fires in that iteration", "[timer]") {
+  // The loop reads its clock after the wait, before the I/O callbacks; when timers are armed it
+  // reads it again after them, so a timer they made due is not put off by another wait.
+  kin::loop l;
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
+  kin::unique_fd read_end(p[0]);
+  kin::unique_fd write_end(p[1]);
+  int fired = 0;
+  kin::timer t(l, [&] { ++fired; });
+  kin::io_watcher w(l, read_end.get(), [&](kin::io_events) {
+    char c = 0;
+    (void)::read(read_end.get(), &c, 1);
+    w.stop();
+    const auto spin_until = std::chrono::steady_clock::now() + 60ms;  // a slow callback
+    while (std::chrono::steady_clock::now() < spin_until) {
+    }
+  });
+  REQUIRE(w.start(kin::io_events::readable));
+  REQUIRE(::write(write_end.get(), "x", 1) == 1);
+  l.update_time();
+  REQUIRE(t.start(20ms));
+  l.run_once();  // the byte is there: the wait returns at once, the callback takes 60 ms
+  CHECK(fired == 1);
+}
