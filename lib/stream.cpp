@@ -252,19 +252,17 @@ struct stream_state {
   // SIGPIPE held off on a pipe.
   result<std::size_t> write_vectored(iovec* iov, int count) noexcept {
     if (!owner.socket_) return write_pipe(iov, count);
-    ssize_t n;
     if (count == 1) {
       // One buffer: send(2) spares the kernel copying in a msghdr.
-      n = sys::retry(
+      const ssize_t n = sys::retry(
           [&] { return ::send(owner.fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL); });
-    } else {
-      msghdr msg{};
-      msg.msg_iov = iov;
-      msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
-      n = sys::retry([&] { return ::sendmsg(owner.fd_.get(), &msg, MSG_NOSIGNAL); });
+      if (n < 0) return fail(sys::last_error());
+      return static_cast<std::size_t>(n);
     }
-    if (n < 0) return fail(sys::last_error());
-    return static_cast<std::size_t>(n);
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
+    return sys::sendmsg(owner.fd_.get(), &msg, MSG_NOSIGNAL);
   }
 
   [[gnu::noinline]] result<std::size_t> write_pipe(iovec* iov, int count) noexcept {
@@ -311,7 +309,7 @@ struct stream_state {
 
   void flush() noexcept {
     if (connecting) return;  // connect_done() flushes
-    if (completed.empty() && queue.size() == 1 && is_plain(queue.front()) && owner.socket_) {
+    if (completed.empty() && queue.size() == 1 && is_plain(queue.front())) {
       flush_plain();
       return;
     }
@@ -378,23 +376,23 @@ struct stream_state {
     return r.groups.empty() && r.callbacks.empty();
   }
 
-  // flush() of one plain request on a socket, the flush of a stream that writes one batch of
-  // small writes per iteration (a request-response protocol): one send(), and none of the
-  // bookkeeping of callbacks and descriptors.
+  // flush() of one plain request, the flush of a stream that writes one batch of small writes
+  // per iteration (a request-response protocol): one write, and none of the bookkeeping of
+  // callbacks and descriptors.
   void flush_plain() noexcept {
     write_req& r = queue.front();
     const std::size_t len = r.data.size() - r.sent;
-    const ssize_t n = sys::retry(
-        [&] { return ::send(owner.fd_.get(), r.data.data() + r.sent, len, MSG_NOSIGNAL); });
-    if (n < 0) {
-      const int err = errno;
+    iovec iov{r.data.data() + r.sent, len};
+    const result<std::size_t> n = write_vectored(&iov, 1);
+    if (!n) {
+      const int err = n.error().value();  // an errno: sys:: reports nothing else
       if (err != EAGAIN && err != EWOULDBLOCK) {
-        fail_all(errno_code(err));
+        fail_all(n.error());
         return;
       }
       want_writable = true;
     } else {
-      const auto took = static_cast<std::size_t>(n);
+      const std::size_t took = *n;
       queued_bytes -= took;
       if (took == len) {
         queue.pop_front();

@@ -303,6 +303,15 @@ struct recording_channel {
   int disconnects = 0;
 };
 
+// Opens `r`'s channel on one end of a new socketpair and returns the other, for a test to write
+// raw frames into.
+kin::unique_fd open_with_raw_peer(recording_channel& r) {
+  auto pair = kin::make_socketpair();
+  REQUIRE(pair);
+  REQUIRE(r.ch.open(std::move(pair->second)));
+  return std::move(pair->first);
+}
+
 }  // namespace
 
 TEST_CASE("a channel delivers every message and descriptor exactly once, in order", "[channel]") {
@@ -490,13 +499,10 @@ TEST_CASE("a peer's bad frames close the channel with an error and every descrip
           "[channel]") {
   leak_guard leaks;
   kin::loop l;
-  auto pair = kin::make_socketpair();
-  REQUIRE(pair);
   kin::channel_options o;
   o.max_frame = 1000;
   recording_channel receiver(l, o);
-  REQUIRE(receiver.ch.open(std::move(pair->second)));
-  kin::unique_fd peer = std::move(pair->first);
+  kin::unique_fd peer = open_with_raw_peer(receiver);
   auto a = marked_fd();
   auto b = marked_fd();
   std::error_code want;
@@ -537,13 +543,10 @@ TEST_CASE("frames without descriptors cut across reads arrive exactly; a bad one
   // frame cut by a read, and one that is invalid, go through the decoder.
   leak_guard leaks;
   kin::loop l;
-  auto pair = kin::make_socketpair();
-  REQUIRE(pair);
   kin::channel_options o;
   o.max_frame = 1000;
   recording_channel receiver(l, o);
-  REQUIRE(receiver.ch.open(std::move(pair->second)));
-  kin::unique_fd peer = std::move(pair->first);
+  kin::unique_fd peer = open_with_raw_peer(receiver);
   std::vector<std::byte> all;
   std::vector<std::string> sent = {"alpha", "", std::string(1000, 'm'), "delta", "epsilon"};
   for (const std::string& m : sent) {

@@ -43,9 +43,7 @@ result<void> native_decoder::feed(std::span<const std::byte> bytes, std::span<un
 // The header is complete: check it, claim the frame's descriptors, expect its payload.
 result<void> native_decoder::start_frame() {
   const unsigned char* h = header_;
-  const std::uint32_t length =
-      static_cast<std::uint32_t>(h[0]) | (static_cast<std::uint32_t>(h[1]) << 8) |
-      (static_cast<std::uint32_t>(h[2]) << 16) | (static_cast<std::uint32_t>(h[3]) << 24);
+  const std::uint32_t length = header_length(h);
   const std::size_t fd_count =
       static_cast<std::size_t>(h[4]) | (static_cast<std::size_t>(h[5]) << 8);
   header_have_ = 0;

@@ -68,9 +68,7 @@ class native_decoder {
       return 0;
     }
     const auto* h = reinterpret_cast<const unsigned char*>(bytes.data());
-    const std::uint32_t length =
-        static_cast<std::uint32_t>(h[0]) | (static_cast<std::uint32_t>(h[1]) << 8) |
-        (static_cast<std::uint32_t>(h[2]) << 16) | (static_cast<std::uint32_t>(h[3]) << 24);
+    const std::uint32_t length = header_length(h);
     if ((h[4] | h[5] | h[6] | h[7]) != 0 || length > max_payload_ ||
         bytes.size() - native_frame::header_size < length) {
       return 0;
@@ -83,6 +81,11 @@ class native_decoder {
   }
 
  private:
+  // The payload length a header declares.
+  static std::uint32_t header_length(const unsigned char* h) noexcept {
+    return static_cast<std::uint32_t>(h[0]) | (static_cast<std::uint32_t>(h[1]) << 8) |
+           (static_cast<std::uint32_t>(h[2]) << 16) | (static_cast<std::uint32_t>(h[3]) << 24);
+  }
   result<void> start_frame();
   void end_frame();
   result<void> spoil(std::error_code ec) noexcept;
